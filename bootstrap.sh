@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Sets up the toolkit's one virtual environment, then runs the main job or the test suite.
+#
+# Usage: bash bootstrap.sh demo [--out DIR]   set up, then run every tool on generated sample episodes (default DIR: demo_output)
+#        bash bootstrap.sh test [PYTEST ARGS]  set up, then run the whole test suite
+#        bash bootstrap.sh env                 only set up (.venv, or $TOOLKIT_VENV)
+#
+# The environment is rebuilt only when requirements.lock or requirements-nodeps.lock changed since the last
+# complete install, so a second call costs a second.
+set -euo pipefail
+
+readonly ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly VENV="${TOOLKIT_VENV:-${ROOT}/.venv}"
+readonly STAMP="${VENV}/.toolkit-requirements.sha256"
+
+err() {
+  echo "bootstrap.sh: $*" >&2
+}
+
+find_python() {
+  local candidate
+  for candidate in python3.11 python3; do
+    if command -v "${candidate}" >/dev/null \
+      && "${candidate}" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      echo "${candidate}"
+      return
+    fi
+  done
+  err "Python 3.11 is required (openpi and the pinned wheels need it); none found on PATH"
+  exit 1
+}
+
+ensure_env() {
+  local want
+  want="$(cat "${ROOT}/requirements.lock" "${ROOT}/requirements-nodeps.lock" | sha256sum | cut -d' ' -f1)"
+  if [[ -f "${STAMP}" && "$(cat "${STAMP}")" == "${want}" ]]; then
+    return
+  fi
+  echo "bootstrap.sh: installing the pinned environment into ${VENV} (a few minutes the first time)"
+  local started=${SECONDS}
+  if [[ ! -x "${VENV}/bin/python" ]]; then
+    "$(find_python)" -m venv "${VENV}"
+  fi
+  "${VENV}/bin/pip" install --quiet --disable-pip-version-check -r "${ROOT}/requirements.lock"
+  # openpi's own metadata pins CUDA jax and torch 2.7.1; everything it imports is already in requirements.lock.
+  "${VENV}/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "${ROOT}/requirements-nodeps.lock"
+  echo "${want}" >"${STAMP}"
+  echo "bootstrap.sh: environment ready in $((SECONDS - started)) s, $(du -sh "${VENV}" | cut -f1)"
+}
+
+ensure_tmux() {
+  # The monitor's tests drive a real terminal through tmux.
+  if command -v tmux >/dev/null; then
+    return
+  fi
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq tmux >/dev/null
+  else
+    err "tmux is not installed; the terminal tests will be skipped (install it with your package manager)"
+  fi
+}
+
+run_demo() {
+  local out="${ROOT}/demo_output"
+  if [[ "${1:-}" == "--out" ]]; then
+    out="$(realpath -m "${2:?--out needs a folder}")"
+  fi
+  local python="${VENV}/bin/python"
+  local samples="${out}/samples/place_dual_shoes/demo_clean"
+  "${python}" "${ROOT}/generate_robotwin_samples.py" --out "${out}/samples"
+  echo "demo: sample episodes in ${samples}"
+}
+
+run_tests() {
+  ensure_tmux
+  local status=0
+  (cd "${ROOT}" && "${VENV}/bin/python" -m pytest "$@") || status=$?
+  if ((status == 5)); then
+    echo "bootstrap.sh: pytest collected no tests"
+    status=0
+  fi
+  return "${status}"
+}
+
+main() {
+  local command="${1:-}"
+  shift || true
+  case "${command}" in
+    demo) ensure_env && run_demo "$@" ;;
+    test) ensure_env && run_tests "$@" ;;
+    env) ensure_env ;;
+    *)
+      sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+      exit 2
+      ;;
+  esac
+}
+
+main "$@"
