@@ -1,0 +1,719 @@
+"""Convert RoboTwin 2.0 demo_clean episodes into a LeRobot v2.1 dataset that openpi trains on, with progress fields.
+
+    python convert_robotwin_democlean_to_lerobot.py --root data/place_dual_shoes/demo_clean \\
+        --repo-id robotwin/place_dual_shoes --verify
+
+reads <root>/data/episode{N}.hdf5 and <root>/instructions/episode{N}.json and writes the dataset to
+$HF_LEROBOT_HOME/<repo-id> (default ~/.cache/huggingface/lerobot/<repo-id>; --output-root DIR writes DIR/<repo-id>)
+through lerobot's own writer (openpi's pinned rev or lerobot 0.3.x; a v3.0-only lerobot is refused because openpi
+cannot read v3.0).
+
+Per converted frame t = 0..L-1 of an episode of T saved frames (L = T - 1, RoboTwin's convention):
+  observation.state (14,)  joint_action/vector[t]          action (14,)  joint_action/vector[t + 1]
+  observation.images.cam_high / cam_left_wrist / cam_right_wrist   head / left / right camera, true RGB
+  manip_progress_time (1,)              t / (L - 1)
+  manip_progress_distance_left/right (1,)  end-effector path length (xyz) travelled up to t / total path length
+  target_endpose (14,), target_joint (14,)  poses / joint commands at each arm's next keyframe (gripper crossing 0.5,
+                                            or the last frame)
+  task                                  one instruction per episode ("seen" list, reproducible with --seed)
+
+Every episode is validated (datasets present, equal lengths, T >= 2, JPEGs decode, instructions present) before
+anything is written; the dataset is built in a hidden folder next to its destination and renamed into place only when
+complete. Worker processes validate and decode episodes ahead of the single writer, which keeps frame order.
+Expected runtime on 2 cores: about 10 s per 224-frame episode at native 240x320 (PNG encoding in lerobot's writer
+dominates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import dataclasses
+import functools
+import inspect
+import json
+import multiprocessing
+import os
+import pathlib
+import re
+import shutil
+import signal
+import sys
+import time
+import types
+import warnings
+
+import cv2
+import h5py
+import numpy as np
+
+FPS = 50  # RoboTwin's own openpi conversion uses 50; openpi's action window is read with this fps
+ROBOT_TYPE = "aloha"
+SUPPORTED_CODEBASE = "v2"  # openpi's pinned lerobot reads v2.0/v2.1 and nothing newer
+ACTION_HORIZON = 50  # pi05's default action window, used by --verify
+ARM_DOF = 7  # 6 arm joints + gripper
+JOINT_NAMES = tuple(
+    f"{side}_{joint}"
+    for side in ("left", "right")
+    for joint in ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper")
+)
+ENDPOSE_NAMES = tuple(f"{side}_{axis}" for side in ("left", "right") for axis in ("x", "y", "z", "qw", "qx", "qy", "qz"))
+# RoboTwin camera -> LeRobot image key, the mapping RoboTwin's and openpi's own scripts use.
+CAMERA_KEYS = {
+    "head_camera": "cam_high",
+    "left_camera": "cam_left_wrist",
+    "right_camera": "cam_right_wrist",
+    "front_camera": "cam_front",
+}
+DEFAULT_CAMERAS = ("head_camera", "left_camera", "right_camera")
+NATIVE_SIZE = (320, 240)  # width, height of RoboTwin's D435 cameras
+VECTOR_DATASET = "joint_action/vector"
+ENDPOSE_DATASETS = {"left": "endpose/left_endpose", "right": "endpose/right_endpose"}
+GRIPPER_COLUMNS = {"left": 6, "right": 13}
+GRIPPER_THRESHOLD = 0.5  # RoboTwin's gripper command is 1 open, 0 closed; a grasp or release crosses the middle
+MIN_ARM_TRAVEL_M = 1e-3  # below this an arm "did not move" and its distance progress would be noise
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+EPISODE_FILE = re.compile(r"episode(\d+)\.hdf5$")
+IMAGE_PREFIX = "observation.images."
+PROGRESS_FEATURES = ("manip_progress_time", "manip_progress_distance_left", "manip_progress_distance_right")
+# Measured by benchmarks/bench_convert_robotwin_democlean_to_lerobot.py: threads in lerobot's own image writer
+# overlap PNG compression (zlib releases the GIL) with the writer loop; extra processes only add pickling.
+DEFAULT_IMAGE_WRITER_THREADS = 4
+DEFAULT_IMAGE_WRITER_PROCESSES = 0
+
+
+class ConversionError(Exception):
+    """A problem with the input or the environment, reported as one line naming the file and what is wrong."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeSource:
+    """One episode file, its number (from the file name) and its instruction file."""
+
+    number: int
+    hdf5: pathlib.Path
+    instructions: pathlib.Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What every worker needs to turn an episode file into frames."""
+
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS
+    image_size: tuple[int, int] = NATIVE_SIZE  # width, height
+    instructions: str = "seen"
+    seed: int = 0
+    default_prompt: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeFields:
+    """The non-image features of one episode's L converted frames (all float32) and its keyframes."""
+
+    state: np.ndarray  # (L, 14)
+    action: np.ndarray  # (L, 14)
+    progress_time: np.ndarray  # (L,)
+    progress_distance_left: np.ndarray  # (L,)
+    progress_distance_right: np.ndarray  # (L,)
+    target_endpose: np.ndarray  # (L, 14)
+    target_joint: np.ndarray  # (L, 14)
+    keyframes: dict[str, np.ndarray]  # arm -> sorted frame indices
+    warnings: tuple[str, ...]
+
+    @property
+    def length(self) -> int:
+        return len(self.state)
+
+    def frame(self, t: int) -> dict[str, np.ndarray]:
+        """Frame t as lerobot's add_frame wants it: feature name -> array of the declared dtype and shape."""
+        return {
+            "observation.state": self.state[t],
+            "action": self.action[t],
+            "manip_progress_time": self.progress_time[t : t + 1],
+            "manip_progress_distance_left": self.progress_distance_left[t : t + 1],
+            "manip_progress_distance_right": self.progress_distance_right[t : t + 1],
+            "target_endpose": self.target_endpose[t],
+            "target_joint": self.target_joint[t],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertedEpisode:
+    """Everything the writer needs for one episode, produced by a worker process."""
+
+    source: EpisodeSource
+    task: str
+    fields: EpisodeFields
+    images: dict[str, np.ndarray]  # feature key -> (L, H, W, 3) uint8, true RGB
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure computations: the contract with the training code (also imported by the openpi-side tests and the launcher).
+
+
+def time_progress(length: int) -> np.ndarray:
+    """t / (L - 1) for t = 0..L-1; a single frame counts as the start (0)."""
+    return np.arange(length, dtype=np.float64) / max(length - 1, 1)
+
+
+def path_length(xyz: np.ndarray) -> np.ndarray:
+    """Cumulative path length (L,) of an (L, 3) trajectory: 0 at the first frame."""
+    steps = np.linalg.norm(np.diff(xyz, axis=0), axis=1)
+    return np.concatenate([[0.0], np.cumsum(steps)])
+
+
+def distance_progress(xyz: np.ndarray) -> np.ndarray | None:
+    """Path length travelled up to each frame / the total: 0 at the start, exactly 1 at the end, never decreasing.
+
+    Dividing by the path length rather than by the start-to-end distance keeps an arm that returns home well defined.
+    Returns None when the arm travels less than MIN_ARM_TRAVEL_M in total.
+    """
+    travelled = path_length(xyz)
+    total = travelled[-1]
+    if total < MIN_ARM_TRAVEL_M:
+        return None
+    return np.clip(travelled / total, 0.0, 1.0)
+
+
+def keyframes(gripper: np.ndarray) -> np.ndarray:
+    """Frames whose gripper command is first on the other side of 0.5 (grasp or release), plus the last frame."""
+    is_open = gripper > GRIPPER_THRESHOLD
+    crossings = np.flatnonzero(is_open[1:] != is_open[:-1]) + 1
+    return np.unique(np.append(crossings, len(gripper) - 1))
+
+
+def target_frames(keys: np.ndarray, length: int) -> np.ndarray:
+    """For each t, the first keyframe at or after t (keys sorted, ending with the last frame)."""
+    return keys[np.searchsorted(keys, np.arange(length))]
+
+
+def compute_episode_fields(
+    vector: np.ndarray, left_endpose: np.ndarray, right_endpose: np.ndarray, name: str = "episode"
+) -> EpisodeFields:
+    """All non-image features from joint_action/vector (T, 14) and both endposes (T, 7), for t = 0..T-2."""
+    length = len(vector) - 1
+    endposes = {"left": left_endpose[:length], "right": right_endpose[:length]}
+    progress_time = time_progress(length)
+    notes = []
+    progress, keys, target_pose, target_joint = {}, {}, [], []
+    for arm, columns in (("left", slice(0, ARM_DOF)), ("right", slice(ARM_DOF, 2 * ARM_DOF))):
+        arm_progress = distance_progress(endposes[arm][:, :3])
+        if arm_progress is None:
+            notes.append(f"{name}: {arm} arm moves less than {MIN_ARM_TRAVEL_M * 1000:.0f} mm; using time progress")
+            arm_progress = progress_time
+        progress[arm] = arm_progress
+        keys[arm] = keyframes(vector[:length, GRIPPER_COLUMNS[arm]])
+        targets = target_frames(keys[arm], length)
+        target_pose.append(endposes[arm][targets])
+        target_joint.append(vector[targets, columns])
+    f32 = lambda array: np.ascontiguousarray(array, dtype=np.float32)  # noqa: E731
+    return EpisodeFields(
+        state=f32(vector[:length]),
+        action=f32(vector[1 : length + 1]),
+        progress_time=f32(progress_time),
+        progress_distance_left=f32(progress["left"]),
+        progress_distance_right=f32(progress["right"]),
+        target_endpose=f32(np.concatenate(target_pose, axis=1)),
+        target_joint=f32(np.concatenate(target_joint, axis=1)),
+        keyframes=keys,
+        warnings=tuple(notes),
+    )
+
+
+def features(cameras: tuple[str, ...], image_size: tuple[int, int], video: bool) -> dict[str, dict]:
+    """The dataset schema, declared once (shapes as tuples: lerobot's add_frame compares them with ==)."""
+    width, height = image_size
+    vector = lambda names: {"dtype": "float32", "shape": (len(names),), "names": list(names)}  # noqa: E731
+    schema = {"observation.state": vector(JOINT_NAMES), "action": vector(JOINT_NAMES)}
+    for camera in cameras:
+        schema[IMAGE_PREFIX + CAMERA_KEYS[camera]] = {
+            "dtype": "video" if video else "image",
+            "shape": (height, width, 3),
+            "names": ["height", "width", "channel"],
+        }
+    for name in PROGRESS_FEATURES:
+        schema[name] = {"dtype": "float32", "shape": (1,), "names": None}
+    schema["target_endpose"] = vector(ENDPOSE_NAMES)
+    schema["target_joint"] = vector(JOINT_NAMES)
+    return schema
+
+
+def choose_task(instructions: dict, kind: str, seed: int, number: int) -> str:
+    """One instruction of the given kind, the same for the same (seed, episode number)."""
+    candidates = instructions.get(kind)
+    if not isinstance(candidates, list) or not candidates or not all(isinstance(c, str) for c in candidates):
+        raise ValueError(f'no "{kind}" instructions (a non-empty list of strings)')
+    rng = np.random.default_rng([seed, number])
+    return candidates[int(rng.integers(len(candidates)))]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading episodes (runs in worker processes).
+
+
+def find_episodes(root: pathlib.Path) -> list[EpisodeSource]:
+    """data/episode{N}.hdf5 in numeric order (RoboTwin does not zero-pad N)."""
+    data = root / "data"
+    if not data.is_dir():
+        raise ConversionError(f"{root}: no data/ folder (expected a RoboTwin demo_clean folder)")
+    found = []
+    for path in data.iterdir():
+        match = EPISODE_FILE.fullmatch(path.name)
+        if match:
+            number = int(match.group(1))
+            found.append(EpisodeSource(number, path, root / "instructions" / f"episode{number}.json"))
+    if not found:
+        raise ConversionError(f"{data}: no episode*.hdf5 files")
+    return sorted(found, key=lambda source: source.number)
+
+
+def read_dataset(f: h5py.File, path: pathlib.Path, name: str, shape_tail: tuple[int, ...]) -> np.ndarray:
+    if name not in f or not isinstance(f[name], h5py.Dataset):
+        raise ConversionError(f"{path}: {name}: missing")
+    dataset = f[name]
+    if dataset.shape[1:] != shape_tail:
+        raise ConversionError(f"{path}: {name}: shape {dataset.shape}, expected (T, {', '.join(map(str, shape_tail))})")
+    values = dataset[()]
+    if shape_tail and not np.all(np.isfinite(values)):
+        raise ConversionError(f"{path}: {name}: contains NaN or infinity")
+    return values
+
+
+def decode_jpeg(buffer: bytes) -> np.ndarray | None:
+    """RoboTwin's JPEGs hold RGB data that OpenCV took for BGR, so cv2.imdecode returns true RGB (the colour trap).
+
+    A JPEG that lost its end marker still "decodes" (grey-filled) in OpenCV, hence the marker check.
+    """
+    if not (buffer.startswith(JPEG_START) and buffer.endswith(JPEG_END)):
+        return None
+    image = cv2.imdecode(np.frombuffer(buffer, np.uint8), cv2.IMREAD_COLOR)
+    return image if image is not None and image.ndim == 3 else None
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (image.shape[1], image.shape[0]) == size:
+        return image
+    shrinking = size[0] < image.shape[1]
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def read_task(source: EpisodeSource, options: Options) -> str:
+    if not source.instructions.is_file():
+        if options.default_prompt is not None:
+            return options.default_prompt
+        raise ConversionError(f"{source.instructions}: missing (give --default-prompt to use one prompt instead)")
+    try:
+        instructions = json.loads(source.instructions.read_text())
+        if not isinstance(instructions, dict):
+            raise ValueError("expected a JSON object with seen/unseen lists")
+        return choose_task(instructions, options.instructions, options.seed, source.number)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConversionError(f"{source.instructions}: {error}") from None
+
+
+def read_episode(source: EpisodeSource, options: Options, keep_images: bool) -> ConvertedEpisode:
+    """Validate one episode completely (every JPEG decoded) and, with keep_images, return all its frames."""
+    task = read_task(source, options)
+    path = source.hdf5
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise ConversionError(f"{path}: not a readable HDF5 file ({error})") from None
+    with f:
+        vector = read_dataset(f, path, VECTOR_DATASET, (2 * ARM_DOF,))
+        endposes = {arm: read_dataset(f, path, name, (ARM_DOF,)) for arm, name in ENDPOSE_DATASETS.items()}
+        rgb_names = {camera: f"observation/{camera}/rgb" for camera in options.cameras}
+        rgb = {camera: read_dataset(f, path, name, ()) for camera, name in rgb_names.items()}
+    length = len(vector)
+    for name, values in [*zip(ENDPOSE_DATASETS.values(), endposes.values()), *zip(rgb_names.values(), rgb.values())]:
+        if len(values) != length:
+            raise ConversionError(f"{path}: {name}: {len(values)} frames but {VECTOR_DATASET} has {length}")
+    if length < 2:
+        raise ConversionError(f"{path}: {VECTOR_DATASET}: {length} frame(s); at least 2 are needed (state + action)")
+    images = {}
+    for camera, buffers in rgb.items():
+        frames, shape = [], None
+        for t, buffer in enumerate(buffers[: length - 1] if keep_images else buffers):
+            image = decode_jpeg(bytes(buffer))
+            if image is None or (shape is not None and image.shape != shape):
+                raise ConversionError(f"{path}: {rgb_names[camera]}: frame {t} is not a decodable JPEG of {shape}")
+            shape = image.shape
+            if keep_images:
+                frames.append(resize(image, options.image_size))
+        if keep_images:
+            images[IMAGE_PREFIX + CAMERA_KEYS[camera]] = np.stack(frames)
+    fields = compute_episode_fields(vector, endposes["left"], endposes["right"], name=str(path))
+    return ConvertedEpisode(source, task, fields, images)
+
+
+def validate_episode(source: EpisodeSource, options: Options) -> str | None:
+    """The error message for a bad episode, None for a good one (worker entry point)."""
+    try:
+        read_episode(source, options, keep_images=False)
+    except ConversionError as error:
+        return str(error)
+    return None
+
+
+def load_episode(source: EpisodeSource, options: Options) -> ConvertedEpisode:
+    """Worker entry point: the episode's frames, decoded and ready for the writer."""
+    return read_episode(source, options, keep_images=True)
+
+
+def ignore_interrupt() -> None:
+    """Workers leave Ctrl-C to the main process, which stops them and cleans up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# lerobot: two import paths, two add_frame signatures, one format.
+
+
+@dataclasses.dataclass(frozen=True)
+class LeRobot:
+    """The lerobot_dataset module in use, where datasets live by default, and how add_frame takes the task."""
+
+    module: types.ModuleType
+    home: pathlib.Path
+    task_argument: bool
+
+
+def load_lerobot() -> LeRobot:
+    """Import openpi's pinned rev (lerobot.common.datasets) or lerobot 0.3.x (lerobot.datasets); refuse v3.0."""
+    try:
+        from lerobot.common.datasets import lerobot_dataset
+    except ImportError:
+        try:
+            from lerobot.datasets import lerobot_dataset
+        except ImportError as error:
+            raise ConversionError(f"lerobot: cannot import its dataset writer ({error})") from None
+    version = str(getattr(lerobot_dataset, "CODEBASE_VERSION", "unknown"))
+    if not version.startswith(SUPPORTED_CODEBASE + "."):
+        raise ConversionError(
+            f"{lerobot_dataset.__file__}: lerobot writes dataset format {version}, which openpi cannot read "
+            "(its pinned lerobot reads v2.x only); install lerobot 0.3.2 (format v2.1)"
+        )
+    import datasets
+
+    datasets.disable_progress_bars()  # one map() bar per episode would drown our own progress bar
+    task_argument = "task" in inspect.signature(lerobot_dataset.LeRobotDataset.add_frame).parameters
+    return LeRobot(lerobot_dataset, pathlib.Path(lerobot_dataset.HF_LEROBOT_HOME), task_argument)
+
+
+def add_frame(lerobot: LeRobot, dataset, frame: dict, task: str) -> None:
+    if lerobot.task_argument:
+        dataset.add_frame(frame, task=task)
+    else:
+        dataset.add_frame({**frame, "task": task})
+
+
+def write_episode(lerobot: LeRobot, dataset, episode: ConvertedEpisode) -> None:
+    for t in range(episode.fields.length):
+        frame = episode.fields.frame(t)
+        for key, images in episode.images.items():
+            frame[key] = images[t]
+        add_frame(lerobot, dataset, frame, episode.task)
+    dataset.save_episode()
+    # The PNGs are embedded in the parquet file now; removing them halves the size and keeps lerobot's per-episode
+    # rglob over the dataset folder from growing with every episode.
+    shutil.rmtree(dataset.root / "images", ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Verification: reopen the dataset the way openpi does and compare with the source files.
+
+
+def load_episode_fields(source: EpisodeSource, options: Options) -> ConvertedEpisode:
+    """Source values for verification, read again from the HDF5 file (no images)."""
+    return read_episode(source, options, keep_images=False)
+
+
+def expected_images(source: EpisodeSource, camera: str, frames: list[int], size: tuple[int, int]) -> list[np.ndarray]:
+    with h5py.File(source.hdf5, "r") as f:
+        rgb = f[f"observation/{camera}/rgb"]
+        return [resize(decode_jpeg(bytes(rgb[t])), size) for t in frames]
+
+
+def verify_frames(length: int, count: int, rng: np.random.Generator) -> list[int]:
+    """First, last and a few random frames of an episode."""
+    extra = rng.choice(length, size=min(max(count - 2, 0), length), replace=False)
+    return sorted({0, length - 1, *map(int, extra)})
+
+
+def compare_images(key: str, where: str, actual: np.ndarray, expected: np.ndarray, video: bool) -> None:
+    """Image mode stores PNG, so pixels must match exactly; video is lossy but must be closer to true RGB than to
+    its red/blue swap."""
+    if actual.shape != expected.shape:
+        raise ConversionError(f"{where}: {key}: shape {actual.shape}, source {expected.shape}")
+    error = np.abs(actual.astype(np.int16) - expected).mean()
+    if not video and error != 0:
+        raise ConversionError(f"{where}: {key}: pixels differ from the source (mean error {error:.2f})")
+    swapped = np.abs(actual.astype(np.int16) - expected[..., ::-1]).mean()
+    if video and not error < swapped:
+        raise ConversionError(f"{where}: {key}: colours look red/blue swapped ({error:.1f} vs swapped {swapped:.1f})")
+
+
+def verify_dataset(
+    lerobot: LeRobot,
+    repo_id: str,
+    root: pathlib.Path | None,
+    episodes: list[EpisodeSource],
+    options: Options,
+    frames_per_episode: int,
+) -> list[str]:
+    """Open the dataset by repo id with openpi's action window and compare sampled frames with the sources.
+
+    root None means "as openpi does": no root argument, so lerobot resolves $HF_LEROBOT_HOME/<repo_id>.
+    Returns the lines describing what was checked; raises ConversionError on the first mismatch.
+    """
+    window = {"action": [t / FPS for t in range(ACTION_HORIZON)]}
+    kwargs = {} if root is None else {"root": root}
+    dataset = lerobot.module.LeRobotDataset(repo_id, delta_timestamps=window, **kwargs)
+    video = bool(dataset.meta.video_keys)
+    expected_keys = set(features(options.cameras, options.image_size, video))
+    missing = expected_keys - set(dataset.meta.features)
+    if missing:
+        raise ConversionError(f"{dataset.root}: meta/info.json lacks features {sorted(missing)}")
+    if dataset.num_episodes != len(episodes):
+        raise ConversionError(f"{dataset.root}: {dataset.num_episodes} episodes, expected {len(episodes)}")
+    rng = np.random.default_rng(options.seed)
+    checked = 0
+    for episode_index, source in enumerate(episodes):
+        converted = load_episode_fields(source, options)
+        length = converted.fields.length
+        start = int(dataset.episode_data_index["from"][episode_index])
+        if int(dataset.episode_data_index["to"][episode_index]) - start != length:
+            raise ConversionError(f"{dataset.root}: episode {episode_index} length differs from {source.hdf5}")
+        frames = verify_frames(length, frames_per_episode, rng)
+        images = {
+            IMAGE_PREFIX + CAMERA_KEYS[camera]: expected_images(source, camera, frames, options.image_size)
+            for camera in options.cameras
+        }
+        for position, t in enumerate(frames):
+            item = dataset[start + t]
+            where = f"{dataset.root}: episode {episode_index} frame {t} ({source.hdf5.name})"
+            expected = converted.fields.frame(t)
+            expected["action"] = converted.fields.action[np.minimum(t + np.arange(ACTION_HORIZON), length - 1)]
+            for key, value in expected.items():
+                actual = item[key].numpy().reshape(value.shape)
+                if actual.dtype != np.float32 or not np.array_equal(actual, value):
+                    raise ConversionError(f"{where}: {key} differs from the source")
+            if item["task"] != converted.task:
+                raise ConversionError(f"{where}: task {item['task']!r}, source {converted.task!r}")
+            for key, sources in images.items():
+                actual = (item[key].numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
+                compare_images(key, where, actual, sources[position], video)
+            checked += 1
+    image_check = "true RGB within video tolerance" if video else "pixel-exact true RGB"
+    return [
+        f"verified {checked} frames of {len(episodes)} episodes reopened by repo id {repo_id!r} from {dataset.root}",
+        f"  equal to the source: observation.state, action ({ACTION_HORIZON}-step window), {', '.join(PROGRESS_FEATURES)},"
+        " target_endpose, target_joint, task",
+        f"  images {', '.join(images)}: {image_check}",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output folder handling and the conversion loop.
+
+
+def folder_size(path: pathlib.Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def in_order(pool: concurrent.futures.Executor, function, items: list, ahead: int):
+    """pool.map that keeps at most `ahead` results in flight, so decoded episodes cannot pile up in memory."""
+    pending = collections.deque()
+    items = iter(items)
+    for item in items:
+        pending.append(pool.submit(function, item))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        result = pending.popleft().result()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            break
+        yield result
+
+
+@dataclasses.dataclass
+class Progress:
+    """A one-line progress display on stderr: episodes done, frames, frames per second."""
+
+    total: int
+    stream: object = sys.stderr
+    episodes: int = 0
+    frames: int = 0
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def update(self, frames: int) -> None:
+        self.episodes += 1
+        self.frames += frames
+        rate = self.frames / max(time.perf_counter() - self.started, 1e-9)
+        line = f"episodes {self.episodes}/{self.total}  frames {self.frames}  {rate:.1f} frames/s"
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        end = "" if tty and self.episodes < self.total else "\n"
+        print(("\r" if tty else "") + line, end=end, file=self.stream, flush=True)
+
+
+def convert(
+    lerobot: LeRobot,
+    pool: concurrent.futures.Executor,
+    episodes: list[EpisodeSource],
+    options: Options,
+    partial: pathlib.Path,
+    repo_id: str,
+    args: argparse.Namespace,
+) -> int:
+    """Write every episode into the partial folder; returns the number of frames."""
+    dataset = lerobot.module.LeRobotDataset.create(
+        repo_id=repo_id,
+        fps=FPS,
+        features=features(options.cameras, options.image_size, args.video),
+        root=partial,
+        robot_type=ROBOT_TYPE,
+        use_videos=args.video,
+        image_writer_processes=args.image_writer_processes,
+        image_writer_threads=args.image_writer_threads,
+    )
+    progress = Progress(len(episodes))
+    try:
+        for episode in in_order(pool, functools.partial(load_episode, options=options), episodes, args.workers + 1):
+            for note in episode.fields.warnings:
+                print(f"warning: {note}", file=sys.stderr)
+            write_episode(lerobot, dataset, episode)
+            progress.update(episode.fields.length)
+    finally:
+        dataset.stop_image_writer()
+    return progress.frames
+
+
+def move_into_place(partial: pathlib.Path, destination: pathlib.Path) -> None:
+    """Rename the finished dataset into place; an existing one (only with --overwrite) goes only after that."""
+    old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+    if destination.exists():
+        os.replace(destination, old)
+    os.replace(partial, destination)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not match or min(map(int, match.groups())) < 1:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x480, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", type=pathlib.Path, required=True, metavar="DIR", help="a .../<task>/demo_clean folder")
+    parser.add_argument("--repo-id", required=True, help="dataset name, e.g. robotwin/place_dual_shoes")
+    parser.add_argument(
+        "--output-root", type=pathlib.Path, metavar="DIR", help="write DIR/<repo-id> (default: $HF_LEROBOT_HOME)"
+    )
+    parser.add_argument(
+        "--cameras", nargs="+", choices=tuple(CAMERA_KEYS), default=list(DEFAULT_CAMERAS), metavar="CAMERA",
+        help=f"RoboTwin cameras to store (default: {' '.join(DEFAULT_CAMERAS)}; front_camera becomes cam_front)",
+    )
+    parser.add_argument(
+        "--image-size", type=parse_size, default=NATIVE_SIZE, metavar="WxH",
+        help="resize images to WIDTHxHEIGHT (default: native 320x240)",
+    )
+    parser.add_argument("--video", action="store_true", help="store images as mp4 videos instead of PNG in parquet")
+    parser.add_argument("--instructions", choices=("seen", "unseen"), default="seen", help="instruction list (default seen)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for choosing each episode's instruction (default 0)")
+    parser.add_argument("--default-prompt", metavar="TEXT", help="task for episodes without an instruction file")
+    parser.add_argument("--verify", action="store_true", help="reopen the dataset like openpi and compare with the source")
+    parser.add_argument("--verify-frames", type=int, default=4, metavar="N", help="frames checked per episode (default 4)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    parser.add_argument("--skip-bad", action="store_true", help="convert the good episodes and list the bad ones")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+        help="processes that validate and decode episodes (default: CPU count)",
+    )
+    parser.add_argument(
+        "--image-writer-threads", type=int, default=DEFAULT_IMAGE_WRITER_THREADS, metavar="N",
+        help=f"threads of lerobot's PNG writer (default {DEFAULT_IMAGE_WRITER_THREADS})",
+    )
+    parser.add_argument(
+        "--image-writer-processes", type=int, default=DEFAULT_IMAGE_WRITER_PROCESSES, metavar="N",
+        help=f"processes of lerobot's PNG writer (default {DEFAULT_IMAGE_WRITER_PROCESSES})",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.verify_frames < 1:
+        parser.error("--verify-frames must be at least 1")
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", args.repo_id) or ".." in args.repo_id:
+        parser.error(f"--repo-id must look like name or owner/name, got {args.repo_id!r}")
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    options = Options(tuple(dict.fromkeys(args.cameras)), args.image_size, args.instructions, args.seed, args.default_prompt)
+    episodes = find_episodes(args.root)
+    lerobot = load_lerobot()
+    output_root = args.output_root or lerobot.home
+    destination = output_root / args.repo_id
+    if destination.exists() and not args.overwrite:
+        raise ConversionError(f"{destination}: dataset exists (use --overwrite to replace it)")
+    context = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch/arrow threads
+    with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context, initializer=ignore_interrupt) as pool:
+        problems = list(pool.map(validate_episode, episodes, [options] * len(episodes)))
+        bad = [(source, problem) for source, problem in zip(episodes, problems) if problem]
+        good = [source for source, problem in zip(episodes, problems) if not problem]
+        if bad and not args.skip_bad:
+            for _, problem in bad:
+                print(f"error: {problem}", file=sys.stderr)
+            print(f"error: {len(bad)} bad episode(s); nothing written (--skip-bad converts the rest)", file=sys.stderr)
+            return 1
+        if not good:
+            raise ConversionError(f"{args.root}: no convertible episodes")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = destination.with_name(f".{destination.name}.partial-{os.getpid()}")
+        try:
+            frames = convert(lerobot, pool, good, options, partial, args.repo_id, args)
+            shutil.rmtree(partial / "images", ignore_errors=True)
+            move_into_place(partial, destination)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    converted_at = time.perf_counter()
+    if args.verify:
+        verify_root = None if output_root.resolve() == lerobot.home.resolve() else destination
+        for line in verify_dataset(lerobot, args.repo_id, verify_root, good, options, args.verify_frames):
+            print(line)
+    for source, problem in bad:
+        print(f"skipped {source.hdf5}: {problem}")
+    size_mb = folder_size(destination) / 1e6
+    print(
+        f"converted {len(good)} episodes ({len(bad)} skipped), {frames} frames, {size_mb:.1f} MB in "
+        f"{converted_at - started:.1f} s"
+        + (f" (+{time.perf_counter() - converted_at:.1f} s verify)" if args.verify else "")
+        + f" -> {destination}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+    try:
+        return run(args)
+    except ConversionError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; no dataset written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
