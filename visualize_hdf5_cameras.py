@@ -1,0 +1,659 @@
+"""Render every RoboTwin episode as an annotated multi-camera video, and an index.html to review them in a browser.
+
+    python visualize_hdf5_cameras.py --root place_dual_shoes/demo_clean/data
+    python visualize_hdf5_cameras.py --root .../data --out videos --episodes 0-9,12 --size 960x720 --workers 4
+
+For each data/episode{N}.hdf5 (sorted by N; --root may also name the demo_clean folder above data/) this writes
+<out>/episode{N}.mp4: one video frame per recorded frame, a grid of the cameras (front, head, left, right for
+RoboTwin; a grid that fits them for other camera counts), each tile labelled with its camera name, the episode name
+and frame index at the bottom. H.264 yuv420p through PyAV, so it plays in browsers and editors; `--codec mp4v`
+uses OpenCV's writer instead. <out>/index.html lists every episode of the root with its video, length and first
+"seen" instruction (from ../instructions/episode{N}.json). The default <out> is camera_videos/ beside data/; the
+path is printed at the end.
+
+Existing videos are kept unless --overwrite. Each video is written under a hidden temporary name (.episode{N}.partial.mp4)
+and renamed when complete, so Ctrl-C or a crash never leaves a partial episode{N}.mp4 (a killed run's hidden file
+is replaced by the next run). A corrupt JPEG becomes a marked placeholder frame and a missing camera a labelled
+placeholder tile, each with a warning; an unreadable HDF5 file is reported in one line while the other episodes finish.
+Exit status: 0 all written or skipped, 1 some episode failed, 2 usage error, 130 interrupted.
+Speed: about 1 s per 224-frame episode per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import fractions
+import html
+import json
+import math
+import os
+import pathlib
+import re
+import signal
+import sys
+import time
+import traceback
+import urllib.parse
+from collections.abc import Iterator
+
+import av
+import cv2
+import h5py
+import numpy as np
+
+PROG = "visualize_hdf5_cameras.py"
+EPISODE_FILE = re.compile(r"episode(\d+)\.hdf5")
+# RoboTwin's four cameras in the order the grid shows them; any other camera found follows them.
+ROBOTWIN_CAMERAS = ("front_camera", "head_camera", "left_camera", "right_camera")
+DEFAULT_OUT_NAME = "camera_videos"
+TEMP_SUFFIX = ".partial.mp4"
+# veryfast is ~2x faster than x264's default (medium) here and gives smaller files on these scenes.
+X264_PRESET = "veryfast"
+DEFAULT_CRF = 23
+# Frames read from HDF5 at once: bounds memory on long episodes without per-frame read overhead.
+READ_CHUNK = 64
+LABEL_COLOUR = (255, 255, 255)
+LABEL_BACKGROUND = (0, 0, 0)
+MISSING_TILE_COLOUR = (64, 64, 64)
+CORRUPT_TILE_COLOUR = (48, 48, 48)
+CORRUPT_MARK_COLOUR = (255, 220, 0)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+MAX_LISTED_FRAMES = 10
+CLEAR_LINE = "\r\x1b[K"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad command line or --root; main prints it and exits with EXIT_USAGE."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeInfo:
+    """What a quick look at one episode file tells: its cameras and length, or why it cannot be read."""
+
+    name: str  # "episode12"
+    number: int
+    path: pathlib.Path
+    cameras: tuple[str, ...] = ()
+    length: int = 0
+    instruction: str | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where each camera goes in the output frame."""
+
+    cameras: tuple[str, ...]
+    width: int
+    height: int
+    columns: int
+    rows: int
+
+    @property
+    def tile_size(self) -> tuple[int, int]:
+        return self.width // self.columns, self.height // self.rows
+
+    def tile_origin(self, index: int) -> tuple[int, int]:
+        tile_width, tile_height = self.tile_size
+        return (index % self.columns) * tile_width, (index // self.columns) * tile_height
+
+    @property
+    def font_scale(self) -> float:
+        return min(max(self.tile_size[0] / 640, 0.3), 0.8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """Everything one worker needs to render one episode."""
+
+    episode: EpisodeInfo
+    layout: Layout
+    video: pathlib.Path
+    fps: fractions.Fraction
+    codec: str
+    crf: int
+    encoder_threads: int
+    debug: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    name: str
+    status: str  # "written", "skipped" or "failed"
+    frames: int = 0
+    bytes: int = 0
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+
+
+# ---- discovery ------------------------------------------------------------------------------------------------
+
+
+def parse_episode_spec(spec: str) -> frozenset[int]:
+    """'0-9,12' -> {0, ..., 9, 12}."""
+    numbers: set[int] = set()
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match:
+            raise argparse.ArgumentTypeError(f"'{spec}' is not a list of episode numbers and ranges like 0-9,12")
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) is not None else first
+        if last < first:
+            raise argparse.ArgumentTypeError(f"range '{part.strip()}' ends before it starts")
+        numbers.update(range(first, last + 1))
+    return frozenset(numbers)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x480' -> (640, 480); yuv420p needs even sides."""
+    match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"'{text}' is not WIDTHxHEIGHT, e.g. 640x480")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width < 32 or height < 32 or width % 2 or height % 2:
+        raise argparse.ArgumentTypeError(f"'{text}': width and height must be even and at least 32")
+    return width, height
+
+
+def resolve_data_dir(root: pathlib.Path) -> pathlib.Path:
+    """The folder holding episode*.hdf5: --root itself, or its data/ subfolder (a demo_clean folder)."""
+    if not root.is_dir():
+        raise UsageError(f"--root {root}: no such folder")
+    for candidate in (root, root / "data"):
+        if candidate.is_dir() and any(EPISODE_FILE.fullmatch(p.name) for p in candidate.iterdir()):
+            return candidate
+    raise UsageError(f"--root {root}: no episode*.hdf5 files in it (or in its data/ folder)")
+
+
+def find_episode_files(data_dir: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
+    """(number, path) of every episodeN.hdf5, sorted by N so that episode2 comes before episode10."""
+    found = []
+    for path in data_dir.iterdir():
+        match = EPISODE_FILE.fullmatch(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def first_seen_instruction(data_dir: pathlib.Path, name: str) -> str | None:
+    """RoboTwin keeps instructions beside data/: instructions/episodeN.json = {"seen": [...], "unseen": [...]}."""
+    try:
+        seen = json.loads((data_dir.parent / "instructions" / f"{name}.json").read_text())["seen"]
+        return str(seen[0]) if seen else None
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def inspect_episode(number: int, path: pathlib.Path, data_dir: pathlib.Path) -> EpisodeInfo:
+    """Open the file only for its metadata: which cameras hold an rgb dataset, and how many frames."""
+    name = path.stem
+    instruction = first_seen_instruction(data_dir, name)
+    try:
+        with h5py.File(path, "r") as f:
+            observation = f.get("observation")
+            cameras, lengths = [], []
+            if isinstance(observation, h5py.Group):
+                for camera in observation:
+                    rgb = observation[camera].get("rgb") if isinstance(observation[camera], h5py.Group) else None
+                    if isinstance(rgb, h5py.Dataset) and rgb.ndim == 1:
+                        cameras.append(camera)
+                        lengths.append(rgb.shape[0])
+    except (OSError, ValueError) as error:
+        return EpisodeInfo(name, number, path, instruction=instruction, error=f"{path}: unreadable HDF5 file ({error})")
+    if not cameras:
+        return EpisodeInfo(name, number, path, instruction=instruction, error=f"{path}: no observation/<camera>/rgb datasets")
+    return EpisodeInfo(name, number, path, tuple(cameras), max(lengths), instruction)
+
+
+def camera_order(found: set[str]) -> tuple[str, ...]:
+    """RoboTwin's four cameras whenever any of them is present (so a missing one gets its tile), then the rest."""
+    standard = ROBOTWIN_CAMERAS if found & set(ROBOTWIN_CAMERAS) else ()
+    return standard + tuple(sorted(found - set(ROBOTWIN_CAMERAS)))
+
+
+def grid_shape(count: int) -> tuple[int, int]:
+    """(columns, rows) of the most square grid that holds count tiles, wider than tall."""
+    columns = math.ceil(math.sqrt(count))
+    return columns, math.ceil(count / columns)
+
+
+def make_layout(cameras: tuple[str, ...], size: tuple[int, int]) -> Layout:
+    columns, rows = grid_shape(len(cameras))
+    return Layout(cameras, size[0], size[1], columns, rows)
+
+
+# ---- drawing (pure: each function draws into the array it is given) --------------------------------------------
+
+
+def label_box(text: str, x: int, y: int, scale: float) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the dark box behind a label whose top-left corner is (x, y)."""
+    (text_width, text_height), baseline = cv2.getTextSize(text, FONT, scale, 1)
+    pad = max(round(4 * scale), 2)
+    return x, y, x + text_width + 2 * pad, y + text_height + baseline + 2 * pad
+
+
+def draw_label(canvas: np.ndarray, text: str, x: int, y: int, scale: float) -> None:
+    """White text on a black box, readable over any scene."""
+    x0, y0, x1, y1 = label_box(text, x, y, scale)
+    (_, text_height), _ = cv2.getTextSize(text, FONT, scale, 1)
+    pad = max(round(4 * scale), 2)
+    cv2.rectangle(canvas, (x0, y0), (x1 - 1, y1 - 1), LABEL_BACKGROUND, -1)
+    cv2.putText(canvas, text, (x0 + pad, y0 + pad + text_height), FONT, scale, LABEL_COLOUR, 1, cv2.LINE_AA)
+
+
+def frame_caption(episode: str, index: int, length: int) -> str:
+    return f"{episode}  frame {index}/{length - 1}"
+
+
+def caption_origin(layout: Layout, caption: str) -> tuple[int, int]:
+    """Top-left of the caption box: centred at the bottom of the frame."""
+    x0, y0, x1, y1 = label_box(caption, 0, 0, layout.font_scale)
+    return (layout.width - (x1 - x0)) // 2, layout.height - (y1 - y0)
+
+
+def fill_placeholder(tile: np.ndarray, colour: tuple[int, int, int], message: str, scale: float, cross: bool) -> None:
+    """A flat tile with a centred message; a cross marks frames that could not be decoded."""
+    tile[:] = colour
+    height, width = tile.shape[:2]
+    if cross:
+        cv2.line(tile, (0, 0), (width - 1, height - 1), CORRUPT_MARK_COLOUR, 3)
+        cv2.line(tile, (0, height - 1), (width - 1, 0), CORRUPT_MARK_COLOUR, 3)
+    x0, y0, x1, y1 = label_box(message, 0, 0, scale)
+    draw_label(tile, message, max((width - (x1 - x0)) // 2, 0), max((height - (y1 - y0)) // 2, 0), scale)
+
+
+def fit_image(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int, int]:
+    """Resize keeping the aspect ratio to fit width x height; returns the image and its offset inside the tile."""
+    image_height, image_width = image.shape[:2]
+    if (image_width, image_height) == (width, height):
+        return image, 0, 0
+    scale = min(width / image_width, height / image_height)
+    new_width, new_height = max(round(image_width * scale), 1), max(round(image_height * scale), 1)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (new_width, new_height), interpolation=interpolation)
+    return resized, (width - new_width) // 2, (height - new_height) // 2
+
+
+def compose_frame(
+    canvas: np.ndarray, layout: Layout, images: list[np.ndarray | None], missing: set[str], caption: str
+) -> None:
+    """Draw one grid frame into canvas (H, W, 3) RGB: tiles, camera labels and the caption.
+
+    images[i] is camera i's decoded RGB frame, or None when its JPEG could not be decoded.
+    """
+    canvas[:] = 0
+    tile_width, tile_height = layout.tile_size
+    scale = layout.font_scale
+    for index, (camera, image) in enumerate(zip(layout.cameras, images)):
+        x, y = layout.tile_origin(index)
+        tile = canvas[y : y + tile_height, x : x + tile_width]
+        if camera in missing:
+            fill_placeholder(tile, MISSING_TILE_COLOUR, f"{camera}: missing", scale, cross=False)
+        elif image is None:
+            fill_placeholder(tile, CORRUPT_TILE_COLOUR, "corrupt JPEG", scale, cross=True)
+        else:
+            fitted, dx, dy = fit_image(image, tile_width, tile_height)
+            tile[dy : dy + fitted.shape[0], dx : dx + fitted.shape[1]] = fitted
+        draw_label(tile, camera, 0, 0, scale)
+    draw_label(canvas, caption, *caption_origin(layout, caption), scale)
+
+
+def decode_jpeg(buffer: bytes) -> np.ndarray | None:
+    """RoboTwin encodes RGB arrays with cv2.imencode, so cv2.imdecode gives true RGB back (no channel swap)."""
+    if not buffer:
+        return None
+    return cv2.imdecode(np.frombuffer(buffer, np.uint8), cv2.IMREAD_COLOR)
+
+
+# ---- video writers --------------------------------------------------------------------------------------------
+
+
+class H264Writer:
+    """H.264 yuv420p MP4 through PyAV's bundled libx264: plays in browsers, editors and chat previews."""
+
+    def __init__(self, path: pathlib.Path, width: int, height: int, fps: fractions.Fraction, crf: int, threads: int):
+        # faststart puts the index first, so a browser starts playing before the whole file has loaded.
+        self.container = av.open(str(path), "w", format="mp4", container_options={"movflags": "+faststart"})
+        try:
+            self.stream = self.container.add_stream("libx264", rate=fps, options={"preset": X264_PRESET, "crf": str(crf)})
+            self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+            context = self.stream.codec_context
+            context.thread_count = threads
+            # cv2's RGB->I420 is BT.601 limited range; saying so in the stream keeps players from guessing.
+            context.color_range, context.colorspace, context.color_primaries, context.color_trc = 1, 6, 6, 6
+        except BaseException:
+            self.container.close()
+            raise
+
+    def write(self, rgb: np.ndarray) -> None:
+        # cv2 converts to planar YUV faster than PyAV's rgb24 path through swscale.
+        frame = av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+        self.container.mux(self.stream.encode(frame))
+
+    def close(self) -> None:
+        try:
+            self.container.mux(self.stream.encode(None))
+        finally:
+            self.container.close()
+
+
+class Mp4vWriter:
+    """MPEG-4 Part 2 through OpenCV: the only codec its PyPI wheels can write; does not play in browsers."""
+
+    def __init__(self, path: pathlib.Path, width: int, height: int, fps: fractions.Fraction, crf: int, threads: int):
+        self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+        if not self.writer.isOpened():
+            raise RuntimeError(f"{path}: OpenCV cannot open an mp4v writer")
+
+    def write(self, rgb: np.ndarray) -> None:
+        # OpenCV's writer takes BGR: without this swap red objects would come out blue.
+        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        self.writer.release()
+
+
+WRITERS = {"h264": H264Writer, "mp4v": Mp4vWriter}
+
+
+# ---- one episode (runs in a worker process) --------------------------------------------------------------------
+
+
+def temporary_path(video: pathlib.Path) -> pathlib.Path:
+    return video.with_name(f".{video.stem}{TEMP_SUFFIX}")
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Workers ignore Ctrl-C while idle (no tracebacks from the pool) and turn it into KeyboardInterrupt while working,
+    so the cleanup in render_episode runs. SIGTERM is treated the same way."""
+    previous = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Parallelism comes from episodes running side by side; nested OpenCV threads would only compete.
+    cv2.setNumThreads(1)
+
+
+def describe_frames(frames: list[int]) -> str:
+    listed = ", ".join(str(t) for t in frames[:MAX_LISTED_FRAMES])
+    more = f" and {len(frames) - MAX_LISTED_FRAMES} more" if len(frames) > MAX_LISTED_FRAMES else ""
+    return f"frame {listed}" if len(frames) == 1 else f"frames {listed}{more}"
+
+
+def encode_episode(job: Job, temp: pathlib.Path) -> tuple[int, list[str]]:
+    """Decode every frame once, compose, encode into temp; returns the frame count and warnings."""
+    episode, layout = job.episode, job.layout
+    missing = set(layout.cameras) - set(episode.cameras)
+    warnings = [f"{episode.name}: camera {camera} missing, drawn as a placeholder tile" for camera in sorted(missing)]
+    corrupt: dict[str, list[int]] = {}
+    canvas = np.zeros((layout.height, layout.width, 3), np.uint8)
+    writer = WRITERS[job.codec](temp, layout.width, layout.height, job.fps, job.crf, job.encoder_threads)
+    try:
+        with h5py.File(episode.path, "r") as f:
+            datasets = {camera: f[f"observation/{camera}/rgb"] for camera in layout.cameras if camera not in missing}
+            for start in range(0, episode.length, READ_CHUNK):
+                stop = min(start + READ_CHUNK, episode.length)
+                chunks = {camera: dataset[start : min(stop, dataset.shape[0])] for camera, dataset in datasets.items()}
+                for t in range(start, stop):
+                    images = []
+                    for camera in layout.cameras:
+                        chunk = chunks.get(camera)
+                        image = decode_jpeg(chunk[t - start]) if chunk is not None and t - start < len(chunk) else None
+                        if image is None and camera not in missing:
+                            corrupt.setdefault(camera, []).append(t)
+                        images.append(image)
+                    compose_frame(canvas, layout, images, missing, frame_caption(episode.name, t, episode.length))
+                    writer.write(canvas)
+    finally:
+        writer.close()
+    for camera, frames in corrupt.items():
+        warnings.append(f"{episode.name}: {camera}: corrupt or missing JPEG at {describe_frames(frames)}, drawn as placeholder")
+    return episode.length, warnings
+
+
+def render_episode(job: Job) -> Result:
+    """Write job.video under a temporary name and rename it when complete; never leaves a partial file."""
+    name = job.episode.name
+    if job.episode.error:
+        return Result(name, "failed", error=job.episode.error)
+    temp = temporary_path(job.video)
+    try:
+        with interruptible():
+            try:
+                frames, warnings = encode_episode(job, temp)
+                os.replace(temp, job.video)
+            finally:
+                temp.unlink(missing_ok=True)
+    except Exception as error:  # one bad episode must not stop the others: report it and go on
+        detail = traceback.format_exc() if job.debug else f"{type(error).__name__}: {error}"
+        return Result(name, "failed", error=f"{job.episode.path}: {detail}".rstrip())
+    return Result(name, "written", frames, job.video.stat().st_size, tuple(warnings))
+
+
+# ---- rendering text ---------------------------------------------------------------------------------------------
+
+
+def render_progress(done: int, total: int, frames: int, elapsed: float, width: int = 24) -> str:
+    filled = round(width * done / total) if total else width
+    fps = frames / elapsed if elapsed > 0 else 0.0
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} episodes  {fps:.0f} frames/s"
+
+
+def render_summary(results: list[Result], elapsed: float, out: pathlib.Path) -> str:
+    written = [r for r in results if r.status == "written"]
+    skipped = sum(r.status == "skipped" for r in results)
+    failed = sum(r.status == "failed" for r in results)
+    megabytes = sum(r.bytes for r in written) / 1e6
+    return (
+        f"wrote {len(written)} videos ({megabytes:.1f} MB) in {elapsed:.1f} s, {skipped} skipped (exist; --overwrite "
+        f"replaces them), {failed} failed; videos and index.html in {out}"
+    )
+
+
+def render_index(episodes: list[EpisodeInfo], out: pathlib.Path, fps: fractions.Fraction, errors: dict[str, str]) -> str:
+    """index.html: every episode of the root with its video (if there is one), length and first seen instruction."""
+    cards = []
+    for episode in episodes:
+        video = out / f"{episode.name}.mp4"
+        name = html.escape(episode.name)
+        if episode.error:
+            length = "length unknown"
+        else:
+            length = f"{episode.length} frames, {float(episode.length / fps):.1f} s at {float(fps):g} fps"
+        instruction = html.escape(episode.instruction) if episode.instruction else "<em>no instruction file</em>"
+        if video.exists():
+            src = html.escape(urllib.parse.quote(video.name))
+            media = f'<video controls muted preload="metadata" src="{src}"></video>'
+        else:
+            media = f'<p class="error">no video: {html.escape(errors.get(episode.name) or episode.error or "not rendered yet")}</p>'
+        cards.append(
+            f'<section id="{name}">\n<h2>{name}</h2>\n{media}\n<p class="meta">{html.escape(length)}</p>\n'
+            f'<p class="instruction">{instruction}</p>\n</section>'
+        )
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Episodes</title>\n<style>\n"
+        "body { font-family: sans-serif; margin: 1em; }\n"
+        "main { display: flex; flex-wrap: wrap; gap: 1em; }\n"
+        "section { width: 480px; }\n video { width: 100%; }\n h2 { font-size: 1em; margin: 0.2em 0; }\n"
+        ".meta { color: #555; margin: 0.2em 0; }\n.error { color: #b00; }\n"
+        "</style>\n</head>\n<body>\n"
+        f"<h1>{len(episodes)} episodes</h1>\n<main>\n" + "\n".join(cards) + "\n</main>\n</body>\n</html>\n"
+    )
+
+
+# ---- main ------------------------------------------------------------------------------------------------------
+
+
+def write_text_atomically(path: pathlib.Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.partial")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", type=pathlib.Path, required=True, metavar="DIR", help="the data/ folder of episode*.hdf5 (or demo_clean above it)")
+    parser.add_argument("--out", type=pathlib.Path, metavar="DIR", help=f"where videos and index.html go (default: {DEFAULT_OUT_NAME}/ beside data/)")
+    parser.add_argument("--episodes", type=parse_episode_spec, metavar="SPEC", help="episode numbers to render, e.g. 0-9,12 (default: all)")
+    parser.add_argument("--size", type=parse_size, default=(640, 480), metavar="WxH", help="video frame size (default 640x480)")
+    parser.add_argument("--fps", type=fractions.Fraction, default=fractions.Fraction(30), metavar="N", help="frames per second of the video (default 30)")
+    parser.add_argument("--codec", choices=sorted(WRITERS), default="h264", help="h264 (PyAV, default) or mp4v (OpenCV writer)")
+    parser.add_argument("--crf", type=int, default=DEFAULT_CRF, metavar="N", help=f"H.264 quality, lower is better and bigger (default {DEFAULT_CRF})")
+    parser.add_argument("--workers", type=int, default=available_cpus(), metavar="N", help="episodes rendered in parallel (default: CPU count)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing videos (default: skip them)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.fps <= 0:
+        parser.error("--fps must be positive")
+    if not 0 <= args.crf <= 51:
+        parser.error("--crf must be between 0 and 51")
+    return args
+
+
+class Progress:
+    """Episodes done and frames per second on stderr: redrawn in place on a terminal, one line per episode otherwise."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.stream = total, stream
+        self.tty = stream.isatty()
+        self.done = self.frames = 0
+        self.start = time.monotonic()
+
+    def warn(self, message: str) -> None:
+        self.stream.write((CLEAR_LINE if self.tty else "") + f"warning: {message}\n")
+
+    def error(self, message: str) -> None:
+        self.stream.write((CLEAR_LINE if self.tty else "") + f"error: {message}\n")
+
+    def advance(self, result: Result) -> None:
+        self.done += 1
+        self.frames += result.frames
+        line = render_progress(self.done, self.total, self.frames, time.monotonic() - self.start)
+        self.stream.write(f"{CLEAR_LINE}{line}" if self.tty else f"{line}  {result.name} {result.status}\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty and self.done:
+            self.stream.write("\n")
+
+
+def run_jobs(jobs: list[Job], workers: int, progress: Progress) -> list[Result]:
+    """Render in a process pool (or in this process for one worker); report each episode as it finishes."""
+    results = []
+
+    def report(result: Result) -> None:
+        for warning in result.warnings:
+            progress.warn(warning)
+        if result.error:
+            progress.error(result.error)
+        progress.advance(result)
+        results.append(result)
+
+    if workers == 1:
+        for job in jobs:
+            report(render_episode(job))
+        return results
+    pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=worker_init)
+    try:
+        futures = [pool.submit(render_episode, job) for job in jobs]
+        for future in concurrent.futures.as_completed(futures):
+            report(future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def select_files(files: list[tuple[int, pathlib.Path]], wanted: frozenset[int] | None) -> tuple[set[pathlib.Path], list[int]]:
+    """Paths selected by --episodes (all when None) and the wanted numbers that have no file."""
+    if wanted is None:
+        return {path for _, path in files}, []
+    present = {number for number, _ in files}
+    return {path for number, path in files if number in wanted}, sorted(wanted - present)
+
+
+def run(args: argparse.Namespace) -> int:
+    data_dir = resolve_data_dir(args.root)
+    out = args.out if args.out is not None else data_dir.parent / DEFAULT_OUT_NAME
+    files = find_episode_files(data_dir)
+    selected, absent = select_files(files, args.episodes)
+    if not selected:
+        raise UsageError(f"--episodes matches none of the episodes in {data_dir}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--out {out}: cannot create it ({error.strerror})") from None
+    episodes = [inspect_episode(number, path, data_dir) for number, path in files]
+    layout = make_layout(camera_order({camera for episode in episodes for camera in episode.cameras}), args.size)
+
+    progress = Progress(len(selected))
+    if absent:
+        progress.warn(f"no file for episode(s) {', '.join(map(str, absent))} in {data_dir}")
+    results, todo = [], []
+    for episode in episodes:
+        if episode.path not in selected:
+            continue
+        if (out / f"{episode.name}.mp4").exists() and not args.overwrite:
+            results.append(Result(episode.name, "skipped"))
+            progress.advance(results[-1])
+        else:
+            todo.append(episode)
+    workers = max(min(args.workers, len(todo)), 1)
+    # One encoder thread per worker when episodes run side by side; x264 picks its own when there is one worker.
+    threads = 1 if workers > 1 else 0
+    jobs = [Job(e, layout, out / f"{e.name}.mp4", args.fps, args.codec, args.crf, threads, args.debug) for e in todo]
+    start = time.monotonic()
+    try:
+        results += run_jobs(jobs, workers, progress)
+    finally:
+        progress.finish()
+    errors = {result.name: result.error for result in results if result.error}
+    write_text_atomically(out / "index.html", render_index(episodes, out, args.fps, errors))
+    print(render_summary(results, time.monotonic() - start, out))
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    previous_term = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        return run(args)
+    except UsageError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; finished videos are kept, no partial file is left", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"{PROG}: {type(error).__name__}: {error} (--debug shows the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
