@@ -1,0 +1,169 @@
+"""Run the patched openpi on a CPU machine without network: the one place tests and the CPU demo take it from.
+
+API (five names):
+    use_patched_openpi(workdir) -> pathlib.Path
+        Copies the installed openpi package (rpent-openpi) to workdir/openpi, applies openpi_patch/patches there
+        and puts workdir first on sys.path, so `import openpi` gives the patched copy. Call it before anything
+        imports openpi; it raises RuntimeError if another openpi is already imported. Returns workdir; a
+        subprocess gets the same copy with PYTHONPATH=workdir.
+    write_stand_in_tokenizer(data_home=None) -> pathlib.Path
+        Trains (~1 s) a small SentencePiece model whose vocabulary holds the progress token piece as a
+        user-defined symbol and writes it where openpi looks for the PaliGemma tokenizer,
+        $OPENPI_DATA_HOME/big_vision/paligemma_tokenizer.model (data_home overrides $OPENPI_DATA_HOME), so
+        nothing is downloaded. Its ids are small, so they index the real 257,152-row embedding table.
+    tiny_siglip(variant="mu/14")
+        Context manager: while it is open, Pi0 builds its vision tower as the given small SigLIP variant instead
+        of So400m/14 (412M parameters). Models must be created (and loaded) inside the block; a created model
+        keeps its small tower after the block closes.
+    small_config(name, *, batch_size=2, params_path=None) -> TrainConfig
+        The named train config with dummy gemma for both experts, the given batch size, no worker processes, and
+        a NoOp weight loader, or the config's own weight loader reading params_path when one is given.
+    EXPERIMENT_CONFIGS
+        The five config names the patch adds: four experiments and the baseline.
+
+Example:
+    workdir = cpu_variants.use_patched_openpi(tmp / "site")
+    cpu_variants.write_stand_in_tokenizer(tmp / "openpi-data")
+    config = cpu_variants.small_config("pi05_robotwin_progress_lasttoken_time")
+    with cpu_variants.tiny_siglip():
+        model = config.model.create(jax.random.key(0))
+"""
+
+import collections.abc
+import contextlib
+import dataclasses
+import importlib.util
+import io
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+EXPERIMENT_CONFIGS = (
+    "pi05_robotwin_progress_lasttoken_time",
+    "pi05_robotwin_progress_lasttoken_distance",
+    "pi05_robotwin_progress_specialtoken_time",
+    "pi05_robotwin_progress_specialtoken_distance",
+    "pi05_robotwin_baseline",
+)
+TOKENIZER_RELPATH = pathlib.Path("big_vision") / "paligemma_tokenizer.model"
+DEFAULT_DATA_HOME = "~/.cache/openpi"  # openpi's own default for $OPENPI_DATA_HOME
+TOKENIZER_VOCAB_SIZE = 400
+# Text in the shape of the pi05 prompt, so the stand-in vocabulary covers every character the tests produce.
+TOKENIZER_TASKS = (
+    "place the shoes side by side",
+    "put the left shoe on the left and the right shoe on the right",
+    "pick up the bottle and place it on the tray",
+    "Move the red block next to the blue block",
+    "grab the cup, then hand it over",
+    "stack bowls; open drawer - close lid!",
+)
+
+
+def _installed_openpi() -> pathlib.Path:
+    spec = importlib.util.find_spec("openpi")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("openpi is not installed (pip install --no-deps rpent-openpi==0.2.2)")
+    return pathlib.Path(next(iter(spec.submodule_search_locations)))
+
+
+def _load_apply():
+    # By file location, so this works whether or not openpi_patch/ is on sys.path.
+    spec = importlib.util.spec_from_file_location("openpi_patch_apply", pathlib.Path(__file__).with_name("apply.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def use_patched_openpi(workdir: pathlib.Path) -> pathlib.Path:
+    workdir = pathlib.Path(workdir).resolve()
+    package = workdir / "openpi"
+    loaded = sys.modules.get("openpi")
+    if loaded is not None and not pathlib.Path(loaded.__file__).resolve().is_relative_to(package):
+        raise RuntimeError(f"openpi is already imported from {loaded.__file__}; patch it before importing openpi")
+    if not package.is_dir():
+        workdir.mkdir(parents=True, exist_ok=True)
+        scratch = pathlib.Path(tempfile.mkdtemp(prefix=".openpi.", dir=workdir))
+        shutil.copytree(_installed_openpi(), scratch / "openpi", ignore=shutil.ignore_patterns("__pycache__"))
+        _load_apply().run(scratch)
+        (scratch / "openpi").rename(package)
+        scratch.rmdir()
+    if str(workdir) not in sys.path:
+        sys.path.insert(0, str(workdir))
+    importlib.invalidate_caches()
+    return workdir
+
+
+def _tokenizer_corpus() -> collections.abc.Iterator[str]:
+    for i, task in enumerate(TOKENIZER_TASKS * 40):
+        state = " ".join(str((i * 37 + j * 11) % 256) for j in range(32))
+        yield f"Task: {task}, State: {state};\nAction: "
+    yield "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,;:!?'\"()[]{}<>-_/+=*&%$#@"
+
+
+def write_stand_in_tokenizer(data_home: pathlib.Path | None = None) -> pathlib.Path:
+    import sentencepiece
+
+    from openpi.models import pi0_config
+
+    if data_home is None:
+        data_home = pathlib.Path(os.environ.get("OPENPI_DATA_HOME", DEFAULT_DATA_HOME)).expanduser()
+    path = pathlib.Path(data_home) / TOKENIZER_RELPATH
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=_tokenizer_corpus(),
+        model_writer=model,
+        vocab_size=TOKENIZER_VOCAB_SIZE,
+        character_coverage=1.0,
+        byte_fallback=True,
+        # openpi's prompts rely on these ids: pad 0, eos 1, bos 2, unk 3, as in Gemma.
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        user_defined_symbols=[pi0_config.ProgressConfig.token],
+        minloglevel=2,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(prefix=".tokenizer.", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(model.getvalue())
+    os.replace(scratch, path)
+    return path
+
+
+@contextlib.contextmanager
+def tiny_siglip(variant: str = "mu/14") -> collections.abc.Iterator[None]:
+    import openpi.models.siglip as siglip
+
+    full_size = siglip.Module
+
+    def small(num_classes=None, *, variant=None, **kw):  # noqa: ARG001 - the requested variant is replaced
+        return full_size(num_classes, variant=small_variant, **kw)
+
+    small_variant = variant
+    siglip.Module = small
+    try:
+        yield
+    finally:
+        siglip.Module = full_size
+
+
+def small_config(name: str, *, batch_size: int = 2, params_path: str | None = None):
+    from openpi.training import config as _config
+    from openpi.training import weight_loaders
+
+    config = _config.get_config(name)
+    weight_loader = (
+        weight_loaders.NoOpWeightLoader()
+        if params_path is None
+        else dataclasses.replace(config.weight_loader, params_path=params_path)
+    )
+    return dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, paligemma_variant="dummy", action_expert_variant="dummy"),
+        batch_size=batch_size,
+        num_workers=0,
+        weight_loader=weight_loader,
+    )
