@@ -1,0 +1,518 @@
+#!/usr/bin/env bash
+# Runs the manipulation-progress experiments of the openpi patch one after another, after proving that the whole
+# path works: preflight -> conversion (--verify) -> dataset field check -> norm stats -> training, one config at a
+# time, each logged to its own file, closed by a summary table.
+#
+# Usage: bash run_experiments.sh [--root DIR] [--repo-id ID] [--exp-name NAME] [--configs A,B,...] [--with-baseline]
+#                                [--keep-going] [--force] [--reconvert] [--dry-run] [--log-dir DIR]
+#                                [--demo [--out DIR] [--steps N]] [-h|--help]
+#
+#   --root DIR        RoboTwin demo_clean folder (default: ${ROBOTWIN_DATA:-data}/place_dual_shoes/demo_clean;
+#                     with --demo: OUT/samples/place_dual_shoes/demo_clean, generated when missing)
+#   --repo-id ID      LeRobot dataset id, exported as OPENPI_ROBOTWIN_REPO_ID for the configs
+#                     (default: robotwin/place_dual_shoes)
+#   --exp-name NAME   openpi experiment name (default: the last part of the repo id)
+#   --configs LIST    comma-separated configs to train, in this order (default: the four progress configs)
+#   --with-baseline   also train pi05_robotwin_baseline, last
+#   --keep-going      go on with the next config after a failed one (default: stop the sequence)
+#   --force           train configs that finished in an earlier run again (default: skip them)
+#   --reconvert       convert again (--overwrite) although the dataset exists (default: convert only when missing)
+#   --dry-run         print every command, run none
+#   --log-dir DIR     per-config logs and finish markers (default: experiment_logs/NAME; --demo: OUT/logs)
+#   --demo            no GPU, no weights: the same sequence on the sample episodes with openpi from the installed
+#                     package, patched in a temporary copy, small model variants and a few CPU training steps
+#   --out DIR         --demo only: where everything goes (default: demo_output)
+#   --steps N         --demo only: training steps per config (default: 4)
+#
+# Environment:
+#   OPENPI_DIR        openpi checkout with the patch applied (required without --demo)
+#   PYTHON            interpreter for the converter and the checks (default: .venv/bin/python next to this script)
+#   TRAIN_CMD         training command, run in OPENPI_DIR, given "<config> --exp-name=NAME --overwrite"
+#                     (default: "uv run scripts/train.py"; --demo: "$PYTHON openpi_patch/train_demo.py --out OUT/openpi")
+#   NORM_STATS_CMD    norm stats command, run in OPENPI_DIR, given "<config>"
+#                     (default: "uv run scripts/compute_norm_stats.py --config-name"; --demo: computed by TRAIN_CMD)
+#   XLA_PYTHON_CLIENT_MEM_FRACTION  share of GPU memory JAX may take (default: 0.9)
+#   HF_LEROBOT_HOME   where the dataset is written and read (default: lerobot's, ~/.cache/huggingface/lerobot;
+#                     --demo: OUT/lerobot)
+#
+# A config counts as finished when LOG_DIR/<config>.done exists, written only after its training exited with 0.
+# Exit status: 0 when every config trained or was finished before, 1 on a failure, 2 on a usage error,
+# 130 when interrupted (Ctrl-C stops the current training, then names the configs that remain).
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly SCRIPT_DIR
+readonly PROGRESS_CONFIGS=(
+  pi05_robotwin_progress_lasttoken_time
+  pi05_robotwin_progress_lasttoken_distance
+  pi05_robotwin_progress_specialtoken_time
+  pi05_robotwin_progress_specialtoken_distance
+)
+readonly BASELINE_CONFIG="pi05_robotwin_baseline"
+readonly DEFAULT_REPO_ID="robotwin/place_dual_shoes"
+readonly TASK_LAYOUT="place_dual_shoes/demo_clean"
+# Dataset fields as "name:shape:dtypes"; '*' matches any length, dtypes are alternatives separated by '|'.
+readonly BASE_FIELDS=(
+  "observation.state:14:float32"
+  "action:14:float32"
+  "observation.images.cam_high:*,*,3:image|video"
+  "observation.images.cam_left_wrist:*,*,3:image|video"
+  "observation.images.cam_right_wrist:*,*,3:image|video"
+)
+readonly TIME_FIELDS=("manip_progress_time:1:float32")
+readonly DISTANCE_FIELDS=("manip_progress_distance_left:1:float32" "manip_progress_distance_right:1:float32")
+# The LeRobot dataset stores images as PNG while RoboTwin stores JPEG: ask for this many times the episodes' size.
+readonly DATASET_SIZE_FACTOR=6
+# Seconds a stopped training gets to exit after SIGTERM before it is killed.
+readonly STOP_GRACE_S=30
+readonly DEMO_STEPS=4
+
+# Set by the signal handler and read by the training loop; a trap can only reach globals.
+INTERRUPTED=0
+CHILD_PID=""
+
+usage() {
+  sed -n '5,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+err() {
+  echo "run_experiments.sh: $*" >&2
+}
+
+# Prints a command the way a shell would read it back.
+show_cmd() {
+  printf '+'
+  printf ' %q' "$@"
+  printf '\n'
+}
+
+is_known_config() {
+  local name="$1" known
+  for known in "${PROGRESS_CONFIGS[@]}" "${BASELINE_CONFIG}"; do
+    [[ "${name}" == "${known}" ]] && return 0
+  done
+  return 1
+}
+
+# Prints the field specs one config needs from the dataset, one per line.
+fields_for_config() {
+  local config="$1"
+  printf '%s\n' "${BASE_FIELDS[@]}"
+  case "${config}" in
+    *_time) printf '%s\n' "${TIME_FIELDS[@]}" ;;
+    *_distance) printf '%s\n' "${DISTANCE_FIELDS[@]}" ;;
+  esac
+}
+
+default_python() {
+  if [[ -x "${SCRIPT_DIR}/.venv/bin/python" ]]; then
+    echo "${SCRIPT_DIR}/.venv/bin/python"
+  else
+    echo python3
+  fi
+}
+
+default_lerobot_home() {
+  echo "${HF_HOME:-${XDG_CACHE_HOME:-${HOME}/.cache}/huggingface}/lerobot"
+}
+
+# Free kilobytes on the file system that holds the path (or its nearest existing parent).
+free_kb() {
+  local path="$1"
+  while [[ ! -e "${path}" ]]; do
+    path="$(dirname "${path}")"
+  done
+  df -Pk "${path}" | awk 'NR == 2 { print $4 }'
+}
+
+preflight_openpi() {
+  local openpi_dir="$1" python="$2" dry_run="$3"
+  if ((dry_run)); then
+    show_cmd "${python}" "${SCRIPT_DIR}/openpi_patch/apply.py" "${openpi_dir}" --check
+    show_cmd nvidia-smi -L
+    return
+  fi
+  if [[ -z "${openpi_dir}" ]]; then
+    err "OPENPI_DIR is not set: point it at an openpi checkout (or use --demo to run without one)"
+    return 1
+  fi
+  if [[ ! -f "${openpi_dir}/scripts/train.py" || ! -d "${openpi_dir}/src/openpi" ]]; then
+    err "OPENPI_DIR=${openpi_dir} is not an openpi checkout (no scripts/train.py or src/openpi)"
+    return 1
+  fi
+  # apply.py --check exits 0 both when the patch is applied and when it would apply; only its message tells.
+  local check
+  if ! check="$("${python}" "${SCRIPT_DIR}/openpi_patch/apply.py" "${openpi_dir}" --check)"; then
+    err "openpi at ${openpi_dir} does not match the progress patch (see apply.py's message above)"
+    return 1
+  fi
+  if [[ "${check}" != *"already applied"* ]]; then
+    err "the progress patch is not applied to ${openpi_dir}: run ${python} openpi_patch/apply.py ${openpi_dir}"
+    return 1
+  fi
+  local gpus
+  if ! gpus="$(nvidia-smi -L 2>/dev/null)" || [[ "${gpus}" != *GPU* ]]; then
+    err "no GPU visible (nvidia-smi -L lists none); use --demo to run on the CPU"
+    return 1
+  fi
+  echo "preflight: openpi ${openpi_dir} patched, $(grep -c GPU <<<"${gpus}") GPU(s) visible"
+}
+
+preflight_demo() {
+  local python="$1" dry_run="$2"
+  # Finding the packages is enough here and costs milliseconds; importing openpi costs ten seconds.
+  local -a check=("${python}" -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('openpi') and u.find_spec('jax')))")
+  if ((dry_run)); then
+    show_cmd "${check[@]}"
+    return
+  fi
+  if ! "${check[@]}" 2>/dev/null; then
+    err "${python} has no openpi or jax installed: run 'bash bootstrap.sh env' first"
+    return 1
+  fi
+  echo "preflight: demo on the CPU with openpi from the installed package (${python})"
+}
+
+preflight_root() {
+  local root="$1"
+  if ! compgen -G "${root}/data/episode*.hdf5" >/dev/null; then
+    err "${root} holds no data/episode*.hdf5: --root must name a RoboTwin ${TASK_LAYOUT} folder"
+    return 1
+  fi
+}
+
+preflight_disk() {
+  local root="$1" dataset="$2"
+  local need_kb have_kb
+  need_kb=$(($(du -sk "${root}" | cut -f1) * DATASET_SIZE_FACTOR))
+  have_kb="$(free_kb "${dataset}")"
+  if ((have_kb < need_kb)); then
+    err "not enough disk space for the dataset at ${dataset}: $((need_kb / 1024)) MiB wanted, $((have_kb / 1024)) MiB free"
+    return 1
+  fi
+}
+
+# Checks meta/info.json against every field each config needs; names each missing or wrong field and its configs.
+check_dataset_fields() {
+  local python="$1" info="$2"
+  shift 2
+  local -a specs=()
+  local config spec
+  for config in "$@"; do
+    while IFS= read -r spec; do
+      specs+=("${config}=${spec}")
+    done < <(fields_for_config "${config}")
+  done
+  "${python}" - "${info}" "${specs[@]}" <<'PY'
+import json
+import sys
+
+info_path, specs = sys.argv[1], sys.argv[2:]
+try:
+    with open(info_path) as f:
+        info = json.load(f)
+    features = info["features"]
+except (OSError, ValueError, KeyError) as e:
+    sys.exit(f"run_experiments.sh: {info_path}: not a LeRobot dataset description ({e})")
+problems = {}
+if not str(info.get("codebase_version", "")).startswith("v2."):
+    problems[f"codebase_version {info.get('codebase_version')} (openpi reads LeRobot v2.x)"] = ["all"]
+for entry in specs:
+    config, spec = entry.split("=", 1)
+    name, shape, dtypes = spec.split(":")
+    feature = features.get(name)
+    if feature is None:
+        problem = f"missing field {name}"
+    else:
+        want = shape.split(",")
+        have = [str(n) for n in feature.get("shape", [])]
+        shape_ok = len(have) == len(want) and all(w in ("*", h) for w, h in zip(want, have))
+        if not shape_ok:
+            problem = f"field {name} has shape ({','.join(have)}), wanted ({shape})"
+        elif feature.get("dtype") not in dtypes.split("|"):
+            problem = f"field {name} has dtype {feature.get('dtype')}, wanted {dtypes}"
+        else:
+            continue
+    problems.setdefault(problem, []).append(config)
+for problem, configs in problems.items():
+    print(f"run_experiments.sh: {info_path}: {problem}, needed by {', '.join(configs)}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
+}
+
+# Sends SIGTERM to the training's process group, then SIGKILL if it has not exited after the grace period.
+stop_child() {
+  local pid="$1" waited=0
+  kill -TERM -- "-${pid}" 2>/dev/null || kill -TERM "${pid}" 2>/dev/null || true
+  while kill -0 "${pid}" 2>/dev/null && ((waited < STOP_GRACE_S)); do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  if kill -0 "${pid}" 2>/dev/null; then
+    kill -KILL -- "-${pid}" 2>/dev/null || kill -KILL "${pid}" 2>/dev/null || true
+  fi
+}
+
+on_interrupt() {
+  INTERRUPTED=1
+  if [[ -n "${CHILD_PID}" ]]; then
+    kill -TERM -- "-${CHILD_PID}" 2>/dev/null || kill -TERM "${CHILD_PID}" 2>/dev/null || true
+  fi
+}
+
+# Runs a command in a directory with its output appended to a log framed by start, end and exit status.
+# Prints nothing; returns the command's exit status (143 when it was stopped).
+run_logged() {
+  local log="$1" workdir="$2"
+  shift 2
+  local -a session=()
+  # A session of its own lets Ctrl-C reach every process the training starts (uv, python, data workers).
+  if command -v setsid >/dev/null; then
+    session=(setsid)
+  fi
+  local started=${SECONDS} status=0
+  {
+    echo "start: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "command: (cd ${workdir} && $(printf '%q ' "$@"))"
+  } >>"${log}"
+  (cd "${workdir}" && exec "${session[@]}" "$@") </dev/null >>"${log}" 2>&1 &
+  CHILD_PID=$!
+  wait "${CHILD_PID}" || status=$?
+  if ((INTERRUPTED)); then
+    stop_child "${CHILD_PID}"
+    status=0
+    wait "${CHILD_PID}" || status=$?
+  fi
+  CHILD_PID=""
+  echo "end: $(date -u +%Y-%m-%dT%H:%M:%SZ) exit status: ${status} ($((SECONDS - started)) s)" >>"${log}"
+  return "${status}"
+}
+
+# The last line the training printed, which for the demo carries the losses.
+last_output_line() {
+  local log="$1"
+  grep -v -e '^start: ' -e '^end: ' -e '^command: ' "${log}" | grep -v '^[[:space:]]*$' | tail -n 1 || true
+}
+
+print_summary() {
+  local -n summary_names=$1 summary_results=$2 summary_seconds=$3 summary_logs=$4
+  local i
+  echo
+  printf '%-46s %-22s %8s  %s\n' "config" "result" "time" "log"
+  for i in "${!summary_names[@]}"; do
+    printf '%-46s %-22s %8s  %s\n' "${summary_names[i]}" "${summary_results[i]}" "${summary_seconds[i]}" \
+      "${summary_logs[i]}"
+  done
+}
+
+main() {
+  local root="" repo_id="${DEFAULT_REPO_ID}" exp_name="" configs_arg="" log_dir="" out="demo_output"
+  local with_baseline=0 keep_going=0 force=0 reconvert=0 dry_run=0 demo=0 steps="${DEMO_STEPS}"
+  while (($#)); do
+    case "$1" in
+      --root) root="${2:?--root needs a folder}"; shift ;;
+      --repo-id) repo_id="${2:?--repo-id needs an id}"; shift ;;
+      --exp-name) exp_name="${2:?--exp-name needs a name}"; shift ;;
+      --configs) configs_arg="${2:?--configs needs a comma-separated list}"; shift ;;
+      --log-dir) log_dir="${2:?--log-dir needs a folder}"; shift ;;
+      --out) out="${2:?--out needs a folder}"; shift ;;
+      --steps) steps="${2:?--steps needs a number}"; shift ;;
+      --with-baseline) with_baseline=1 ;;
+      --keep-going) keep_going=1 ;;
+      --force) force=1 ;;
+      --reconvert) reconvert=1 ;;
+      --dry-run) dry_run=1 ;;
+      --demo) demo=1 ;;
+      -h | --help) usage; return 0 ;;
+      *) err "unknown argument '$1' (see --help)"; return 2 ;;
+    esac
+    shift
+  done
+  if [[ ! "${steps}" =~ ^[1-9][0-9]*$ ]]; then
+    err "--steps wants a positive whole number, got '${steps}'"
+    return 2
+  fi
+
+  local -a configs=()
+  if [[ -n "${configs_arg}" ]]; then
+    IFS=',' read -ra configs <<<"${configs_arg}"
+  else
+    configs=("${PROGRESS_CONFIGS[@]}")
+  fi
+  if ((with_baseline)) && [[ " ${configs[*]} " != *" ${BASELINE_CONFIG} "* ]]; then
+    configs+=("${BASELINE_CONFIG}")
+  fi
+  local config
+  for config in "${configs[@]}"; do
+    if ! is_known_config "${config}"; then
+      err "unknown config '${config}'; known: ${PROGRESS_CONFIGS[*]} ${BASELINE_CONFIG}"
+      return 2
+    fi
+  done
+
+  local python="${PYTHON:-$(default_python)}"
+  local openpi_dir="${OPENPI_DIR:-}"
+  local -a train_cmd norm_cmd=()
+  local workdir
+  if ((demo)); then
+    out="$(realpath -m "${out}")"
+    root="${root:-${out}/samples/${TASK_LAYOUT}}"
+    export HF_LEROBOT_HOME="${out}/lerobot"
+    export HF_DATASETS_CACHE="${out}/hf_datasets_cache"
+    log_dir="${log_dir:-${out}/logs}"
+    workdir="${SCRIPT_DIR}"
+    read -ra train_cmd <<<"${TRAIN_CMD:-${python} ${SCRIPT_DIR}/openpi_patch/train_demo.py --out ${out}/openpi --steps ${steps}}"
+    if [[ -n "${NORM_STATS_CMD:-}" ]]; then
+      read -ra norm_cmd <<<"${NORM_STATS_CMD}"
+    fi
+  else
+    root="${root:-${ROBOTWIN_DATA:-data}/${TASK_LAYOUT}}"
+    export HF_LEROBOT_HOME="${HF_LEROBOT_HOME:-$(default_lerobot_home)}"
+    workdir="${openpi_dir:-\$OPENPI_DIR}"
+    read -ra train_cmd <<<"${TRAIN_CMD:-uv run scripts/train.py}"
+    read -ra norm_cmd <<<"${NORM_STATS_CMD:-uv run scripts/compute_norm_stats.py --config-name}"
+  fi
+  exp_name="${exp_name:-${repo_id##*/}}"
+  log_dir="${log_dir:-experiment_logs/${exp_name}}"
+  export OPENPI_ROBOTWIN_REPO_ID="${repo_id}"
+  export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
+  local dataset="${HF_LEROBOT_HOME}/${repo_id}"
+
+  # Preflight: everything that can fail before any hour is spent.
+  if ((demo)); then
+    preflight_demo "${python}" "${dry_run}" || return 1
+  else
+    preflight_openpi "${openpi_dir}" "${python}" "${dry_run}" || return 1
+  fi
+  local -a generate=("${python}" "${SCRIPT_DIR}/generate_robotwin_samples.py" --out "${out}/samples")
+  if ((demo)) && [[ "${root}" == "${out}/samples/${TASK_LAYOUT}" && ! -d "${root}" ]]; then
+    if ((dry_run)); then
+      show_cmd "${generate[@]}"
+    else
+      echo "demo: generating sample episodes into ${out}/samples"
+      "${generate[@]}" >/dev/null || return 1
+    fi
+  fi
+  if ((!dry_run)); then
+    preflight_root "${root}" || return 1
+  fi
+
+  # Conversion, verified by the converter itself.
+  local -a convert=("${python}" "${SCRIPT_DIR}/convert_robotwin_democlean_to_lerobot.py" --root "${root}"
+    --repo-id "${repo_id}" --verify)
+  if ((reconvert)); then
+    convert+=(--overwrite)
+  fi
+  if ((dry_run)); then
+    show_cmd env "HF_LEROBOT_HOME=${HF_LEROBOT_HOME}" "${convert[@]}"
+  elif ((reconvert)) || [[ ! -f "${dataset}/meta/info.json" ]]; then
+    preflight_disk "${root}" "${dataset}" || return 1
+    echo "convert: ${root} -> ${dataset}"
+    "${convert[@]}" || { err "conversion of ${root} failed"; return 1; }
+  else
+    echo "convert: ${dataset} exists, kept (--reconvert converts again)"
+  fi
+
+  # Every field every selected config reads, before any training starts.
+  if ((dry_run)); then
+    echo "+ check ${dataset}/meta/info.json has the fields of: ${configs[*]}"
+  else
+    check_dataset_fields "${python}" "${dataset}/meta/info.json" "${configs[@]}" || return 1
+    echo "fields: ${dataset} has every field of: ${configs[*]}"
+  fi
+
+  if ((!dry_run)); then
+    mkdir -p "${log_dir}"
+  fi
+  local -a names=() results=() seconds=() logs=()
+  for config in "${configs[@]}"; do
+    names+=("${config}")
+    results+=("not run")
+    seconds+=("-")
+    logs+=("${log_dir}/${config}.log")
+  done
+
+  local i log started status
+  # Norm stats: openpi keeps them per config under its assets folder; the demo's trainer computes its own.
+  if ((dry_run && !${#norm_cmd[@]})); then
+    echo "+ norm stats: computed by the training command"
+  fi
+  if ((${#norm_cmd[@]})); then
+    for i in "${!configs[@]}"; do
+      config="${configs[i]}"
+      if ((!force)) && [[ -f "${log_dir}/${config}.done" ]]; then
+        continue
+      fi
+      if ((dry_run)); then
+        show_cmd env -C "${workdir}" "${norm_cmd[@]}" "${config}"
+        continue
+      fi
+      if [[ -f "${workdir}/assets/${config}/${repo_id}/norm_stats.json" ]]; then
+        echo "norm stats: ${config} has them already"
+        continue
+      fi
+      echo "norm stats: ${config}"
+      if ! run_logged "${log_dir}/${config}.norm_stats.log" "${workdir}" "${norm_cmd[@]}" "${config}"; then
+        err "norm stats for ${config} failed: see ${log_dir}/${config}.norm_stats.log"
+        return 1
+      fi
+    done
+  fi
+
+  trap on_interrupt INT TERM
+  local failed=0
+  for i in "${!configs[@]}"; do
+    config="${configs[i]}"
+    log="${logs[i]}"
+    local -a command=("${train_cmd[@]}" "${config}" "--exp-name=${exp_name}" --overwrite)
+    if ((!force)) && [[ -f "${log_dir}/${config}.done" ]]; then
+      results[i]="skipped (finished)"
+      echo "train: ${config} finished in an earlier run, skipped (--force repeats it)"
+      continue
+    fi
+    if ((dry_run)); then
+      show_cmd env -C "${workdir}" "XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION}" "${command[@]}"
+      results[i]="dry run"
+      continue
+    fi
+    rm -f "${log_dir}/${config}.done"
+    echo "train: ${config} (log: ${log})"
+    started=${SECONDS}
+    status=0
+    run_logged "${log}" "${workdir}" "${command[@]}" || status=$?
+    seconds[i]="$((SECONDS - started)) s"
+    if ((INTERRUPTED)); then
+      results[i]="interrupted"
+      break
+    fi
+    if ((status == 0)); then
+      date -u +%Y-%m-%dT%H:%M:%SZ >"${log_dir}/${config}.done"
+      results[i]="ok"
+      echo "  $(last_output_line "${log}")"
+    else
+      results[i]="FAILED (exit ${status})"
+      failed=1
+      err "${config} failed with exit status ${status}: see ${log}"
+      if ((!keep_going)); then
+        break
+      fi
+    fi
+  done
+  trap - INT TERM
+
+  print_summary names results seconds logs
+  if ((INTERRUPTED)); then
+    local -a remaining=()
+    for i in "${!configs[@]}"; do
+      if [[ "${results[i]}" == "interrupted" || "${results[i]}" == "not run" ]]; then
+        remaining+=("${configs[i]}")
+      fi
+    done
+    echo
+    echo "interrupted; configs that remain: ${remaining[*]}"
+    return 130
+  fi
+  return "${failed}"
+}
+
+main "$@"
