@@ -3,9 +3,10 @@
 API (five names):
     use_patched_openpi(workdir) -> pathlib.Path
         Copies the installed openpi package (rpent-openpi) to workdir/openpi, applies openpi_patch/patches there
-        and puts workdir first on sys.path, so `import openpi` gives the patched copy. Call it before anything
-        imports openpi; it raises RuntimeError if another openpi is already imported. Returns workdir; a
-        subprocess gets the same copy with PYTHONPATH=workdir.
+        and puts workdir first on sys.path, so `import openpi` gives the patched copy. Returns the folder to put
+        on sys.path (a subprocess gets the same copy with PYTHONPATH=<it>). If a patched openpi is already
+        imported in this process, returns the folder it came from; if an unpatched one is, raises RuntimeError,
+        so call it before anything imports openpi.
     write_stand_in_tokenizer(data_home=None) -> pathlib.Path
         Trains (~1 s) a small SentencePiece model whose vocabulary holds the progress token piece as a
         user-defined symbol and writes it where openpi looks for the PaliGemma tokenizer,
@@ -77,16 +78,21 @@ def _load_apply():
 
 
 def use_patched_openpi(workdir: pathlib.Path) -> pathlib.Path:
+    apply = _load_apply()
+    loaded = sys.modules.get("openpi")
+    if loaded is not None:
+        # Several users in one process (test modules) share the copy that was imported first.
+        loaded_root = pathlib.Path(loaded.__file__).resolve().parent
+        if "already applied" not in apply.run(loaded_root, check=True):
+            raise RuntimeError(f"openpi is already imported from {loaded_root} without the patch")
+        return loaded_root.parent
     workdir = pathlib.Path(workdir).resolve()
     package = workdir / "openpi"
-    loaded = sys.modules.get("openpi")
-    if loaded is not None and not pathlib.Path(loaded.__file__).resolve().is_relative_to(package):
-        raise RuntimeError(f"openpi is already imported from {loaded.__file__}; patch it before importing openpi")
     if not package.is_dir():
         workdir.mkdir(parents=True, exist_ok=True)
         scratch = pathlib.Path(tempfile.mkdtemp(prefix=".openpi.", dir=workdir))
         shutil.copytree(_installed_openpi(), scratch / "openpi", ignore=shutil.ignore_patterns("__pycache__"))
-        _load_apply().run(scratch)
+        apply.run(scratch)
         (scratch / "openpi").rename(package)
         scratch.rmdir()
     if str(workdir) not in sys.path:
