@@ -14,7 +14,8 @@ u user, n command: sort; r reverses. Colour is off with --no-color or a non-empt
 
 The size comes from COLUMNS/LINES, then the terminal, then 80x24, and follows resizes at once. The screen is the
 terminal's alternate screen; every way out (q, Ctrl-C, SIGTERM, SIGHUP, an error, NVML failing) restores the
-terminal. When stdout is not a terminal the monitor prints one snapshot, as --once does. Nothing is written to disk.
+terminal; Ctrl-Z hands the terminal back until fg. When stdout is not a terminal the monitor prints one
+snapshot, as --once does. Nothing is written to disk.
 Exit status: 0 on q, 1 when NVML or the driver is missing or fails, 2 on bad arguments, 128+signal on a signal.
 """
 
@@ -182,7 +183,13 @@ class Glyphs:
     ellipsis: str
 
 
-UNICODE_GLYPHS = Glyphs("\u2588", "\u258f\u258e\u258d\u258c\u258b\u258a\u2589", "\u2591", " \u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588", "\u2026")
+UNICODE_GLYPHS = Glyphs(
+    bar_full="\u2588",
+    bar_partial="\u258f\u258e\u258d\u258c\u258b\u258a\u2589",
+    bar_empty="\u2591",
+    spark=" \u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588",
+    ellipsis="\u2026",
+)
 ASCII_GLYPHS = Glyphs("|", "", ".", " _.-:=+*#", "~")
 
 
@@ -361,7 +368,8 @@ class NvmlSession:
         self.last_seen_us[index] = last_seen
         self.sm_samples[index] = known
         now_us = time.time() * 1e6
-        return {pid: known[pid][1] if pid in known and now_us - known[pid][0] <= SM_SAMPLE_TTL_US else 0 for pid in pids}
+        fresh = {pid: sm for pid, (timestamp, sm) in known.items() if now_us - timestamp <= SM_SAMPLE_TTL_US}
+        return {pid: fresh.get(pid, 0) for pid in pids}
 
     def close(self) -> None:
         try:
@@ -696,7 +704,8 @@ def render_device(device: Device, layout: DeviceLayout, view: View) -> str:
     if layout.memory_bar:
         cells.append(paint(bar(memory, layout.memory_bar, glyphs), memory_style, view))
     if layout.memory_text == "full":
-        cells.append(paint(f"{format_bytes(device.memory_used):>6}/{format_bytes(device.memory_total):<6}", memory_style, view))
+        text = f"{format_bytes(device.memory_used):>6}/{format_bytes(device.memory_total):<6}"
+        cells.append(paint(text, memory_style, view))
     elif layout.memory_text == "used":
         cells.append(paint(f"{format_bytes(device.memory_used):>6}", memory_style, view))
     util_style = level_style(device.util, UTIL_THRESHOLDS)
@@ -714,7 +723,8 @@ def render_history(device: Device, history: History, width: int, view: View) -> 
     each = max(room // 2, 0)
     util = sparkline(history.util.get(device.index, ()), each, view.glyphs)
     memory = sparkline(history.memory.get(device.index, ()), each, view.glyphs)
-    return f"{indent}{paint('util', DIM, view)} {paint(util, CYAN, view)} {paint('mem', DIM, view)} {paint(memory, CYAN, view)}"
+    return " ".join([indent + paint("util", DIM, view), paint(util, CYAN, view), paint("mem", DIM, view),
+                     paint(memory, CYAN, view)])
 
 
 PROCESS_COLUMNS = (
@@ -871,7 +881,7 @@ def render_once(snapshot: Snapshot, view: View, width: int) -> str:
 
 
 def frame(lines: list[str], width: int, height: int) -> str:
-    """Redraw in place: cursor home, each line then clear-to-end-of-line, clear below; never a newline on the last row."""
+    """Cursor home, each line then clear-to-end-of-line, clear below; never a newline on the last row (no scroll)."""
     parts = [CURSOR_HOME]
     for number, line in enumerate(lines):
         parts.append(line)
@@ -983,20 +993,27 @@ def run_monitor(session: NvmlSession, interval: float, view: View) -> int:
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
     os.set_blocking(wake_write, False)
-    handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH)
+    handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH, signal.SIGTSTP)
     previous = {s: signal.getsignal(s) for s in handled}
     previous_wakeup = -1
     host = HostProcesses()
     history = History()
+
+    def suspend(signum: int, frame: FrameType | None) -> None:
+        # Ctrl-Z: give the shell its screen back, stop, and take the screen again on fg (the wakeup fd redraws).
+        restore_terminal(out, in_fd, saved_tty)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, suspend)
+        enter_terminal(out, in_fd)
+
     try:
         previous_wakeup = signal.set_wakeup_fd(wake_write)
         signal.signal(signal.SIGTERM, raise_quit)
         signal.signal(signal.SIGHUP, raise_quit)
         signal.signal(signal.SIGWINCH, ignore_signal)
-        if in_fd is not None:
-            tty.setcbreak(in_fd, termios.TCSANOW)
-        out.write(ENTER_SCREEN)
-        out.flush()
+        signal.signal(signal.SIGTSTP, suspend)
+        enter_terminal(out, in_fd)
         while True:
             snapshot = collect(session, host)
             history.record(snapshot.devices)
@@ -1045,6 +1062,14 @@ def drain(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
+
+
+def enter_terminal(out: Any, in_fd: int | None) -> None:
+    """Keys without Enter and without echo (signals such as Ctrl-C still work), alternate screen, no cursor."""
+    if in_fd is not None:
+        tty.setcbreak(in_fd, termios.TCSANOW)
+    out.write(ENTER_SCREEN)
+    out.flush()
 
 
 def restore_terminal(out: Any, in_fd: int | None, saved_tty: list[Any] | None) -> None:

@@ -90,7 +90,7 @@ def steady_nvitop(ticks: int) -> Result:
     return measure(refresh, ticks, pynvml)
 
 
-def measure(refresh, ticks: int, fake) -> tuple[float, float, float]:
+def measure(refresh: Callable[[], None], ticks: int, fake: ModuleType) -> Result:
     """(CPU seconds, NVML calls, wall seconds) per refresh, after one warm-up refresh."""
     refresh()
     fake.fake_reset_calls()

@@ -26,7 +26,9 @@ from conftest import REPO_ROOT
 
 FAKE_DIR = REPO_ROOT / "tests" / "fake_nvml"
 SCRIPT = REPO_ROOT / "gpumon.py"
-FAKE_ENV = ("FAKE_NVML_SCENARIO", "FAKE_NVML_PROCESSES", "FAKE_NVML_PIDS", "FAKE_NVML_LOST_AFTER", "FAKE_NVML_FAIL_AFTER")
+FAKE_ENV = (
+    "FAKE_NVML_SCENARIO", "FAKE_NVML_PROCESSES", "FAKE_NVML_PIDS", "FAKE_NVML_LOST_AFTER", "FAKE_NVML_FAIL_AFTER",
+)
 PLAIN = gpumon.View(color=False, glyphs=gpumon.ASCII_GLYPHS)
 
 
@@ -556,9 +558,29 @@ def test_layout_follows_a_resize(pane: Pane, tmp_path: pathlib.Path) -> None:
 
     def narrow_layout() -> bool:
         rows = pane.text().splitlines()
-        return len(rows) == 12 and rows[0].startswith("gpumon") and "more processes" in rows[-1] and " P0 " not in "\n".join(rows)
+        complete = len(rows) == 12 and rows[0].startswith("gpumon") and "more processes" in rows[-1]
+        return complete and " P0 " not in "\n".join(rows)
 
     pane.wait(narrow_layout, "the 50x12 layout")
     assert all(len(row) <= 50 for row in pane.text().splitlines())
     pane.tmux("send-keys", "q")
     pane.wait(lambda: pane.flag("alternate_on") == "0", "the exit")
+
+
+@pytest.mark.tmux
+def test_ctrl_z_gives_the_terminal_back_until_fg(pane: Pane, tmp_path: pathlib.Path) -> None:
+    start_monitor(pane, tmp_path)
+    pane.tmux("send-keys", "C-z")
+    pane.wait(lambda: pane.flag("alternate_on") == "0" and "Stopped" in pane.text(), "the suspended job")
+    assert pane.flag("cursor_flag") == "1" and TITLE not in pane.text()
+    pane.type("fg")
+    pane.wait(lambda: pane.flag("alternate_on") == "1" and TITLE in pane.text(), "the monitor again")
+    assert pane.flag("cursor_flag") == "0"
+    pane.tmux("send-keys", "q")
+    # The shell ran "echo exit=...; stty -g" when the job stopped, so the final state is read once more here.
+    pane.wait(lambda: pane.flag("alternate_on") == "0", "the exit")
+    pane.type(f"echo fg=$?; stty -g > {tmp_path}/stty-final")
+    pane.wait(lambda: (tmp_path / "stty-final").exists() and "fg=0" in pane.text(), "the final stty")
+    pane.wait(lambda: (tmp_path / "stty-final").stat().st_size > 0, "stty")
+    assert pane.flag("cursor_flag") == "1" and pane.flag("wrap_flag") == "1"
+    assert (tmp_path / "stty-final").read_text() == (tmp_path / "stty-before").read_text()

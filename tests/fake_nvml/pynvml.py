@@ -22,6 +22,7 @@ utilisation; "lost" has 3 GPUs of which GPU 1 is lost mid-run; "vanishing" drops
 process query; "failing" raises NVMLError_DriverNotLoaded from every call once the limit is reached.
 """
 
+# ruff: noqa: N802 (the functions carry nvidia-ml-py's names)
 from __future__ import annotations
 
 import atexit
@@ -494,7 +495,7 @@ def _c_processes(kind: str) -> Callable[..., None]:
         if len(processes) > count.value:
             count.value = len(processes)
             _raise(_real.NVML_ERROR_INSUFFICIENT_SIZE)
-        for slot, process in zip(array, processes):
+        for slot, process in zip(array, processes, strict=False):
             slot.pid = process.pid
             memory = process.usedGpuMemory
             slot.usedGpuMemory = _real.NVML_VALUE_NOT_AVAILABLE_ulonglong.value if memory is None else memory
