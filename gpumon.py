@@ -71,6 +71,8 @@ CYAN = ESC + "[36m"
 ENTER_SCREEN = ALT_SCREEN_ON + CURSOR_HIDE + AUTOWRAP_OFF
 LEAVE_SCREEN = RESET + AUTOWRAP_ON + CURSOR_SHOW + ALT_SCREEN_OFF
 ANSI_PATTERN = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Anything but printable ASCII in a command line, user or GPU name could move the cursor or take two cells.
+UNPRINTABLE_PATTERN = re.compile(r"[^\x20-\x7e]")
 
 # NVML errors after which nothing more can be asked: the run ends with the message.
 FATAL_ERROR_NAMES = (
@@ -101,7 +103,7 @@ SORT_KEYS: dict[str, tuple[str, Callable[["Process"], Any], bool]] = {
     "p": ("PID", lambda p: p.pid, False),
     "g": ("GPU", lambda p: p.gpu, False),
     "u": ("USER", lambda p: p.user, False),
-    "n": ("COMMAND", lambda p: p.command, False),
+    "n": ("COMMAND", lambda p: p.command or None, False),
 }
 DEFAULT_SORT = "m"
 
@@ -531,6 +533,10 @@ def clip(line: str, width: int) -> str:
     return "".join(out) + (RESET if ESC in line else "")
 
 
+def printable(text: str) -> str:
+    return UNPRINTABLE_PATTERN.sub("?", text)
+
+
 def paint(text: str, style: str, view: View) -> str:
     return f"{style}{text}{RESET}" if view.color and style else text
 
@@ -682,7 +688,7 @@ def plan_device_layout(width: int, longest_name: int) -> DeviceLayout:
 
 def render_device(device: Device, layout: DeviceLayout, view: View) -> str:
     glyphs = view.glyphs
-    name = truncate(device.name, layout.name, glyphs).ljust(layout.name)
+    name = truncate(printable(device.name), layout.name, glyphs).ljust(layout.name)
     head = f"{device.index:>{INDEX_WIDTH}} {paint(name, BOLD, view)}"
     if device.lost:
         return head + " " + paint("ERROR: GPU is lost", RED + BOLD, view)
@@ -758,7 +764,7 @@ def process_cells(process: Process) -> dict[str, str]:
         "GPU": str(process.gpu),
         "PID": str(process.pid),
         "T": process.kind,
-        "USER": process.user or "N/A",
+        "USER": printable(process.user or "N/A"),
         "GPU-MEM": format_bytes(process.gpu_memory),
         "%SM": na(process.sm, "{}"),
         "%CPU": na(None if process.cpu is None else round(process.cpu, 1), "{}"),
@@ -776,7 +782,7 @@ def render_process_row(process: Process, columns: list[tuple[str, int, bool]], w
     row = " ".join(parts)
     room = width - len(row) - 1
     if process.state == "running":
-        command = truncate(process.command, room, view.glyphs)
+        command = truncate(printable(process.command), room, view.glyphs)
         line = f"{row} {command}" if room > 0 else row
         return clip(line, width)
     note = truncate(f"<{process.state}>", room, view.glyphs)
@@ -795,7 +801,7 @@ def render_title(snapshot: Snapshot, width: int, view: View) -> str:
     stamp = datetime.datetime.fromtimestamp(snapshot.time).strftime("%H:%M:%S")
     driver = f"driver {snapshot.driver}" if snapshot.driver else "driver N/A"
     order = f"sort {title}{' rev' if view.reverse else ''}"
-    parts = [paint("gpumon", BOLD, view), snapshot.hostname, driver, stamp, order, "q quit"]
+    parts = [paint("gpumon", BOLD, view), printable(snapshot.hostname), printable(driver), stamp, order, "q quit"]
     return clip("  ".join(parts), width)
 
 

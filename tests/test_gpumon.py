@@ -220,6 +220,8 @@ def test_sort_keys_order_processes_with_missing_values_last() -> None:
     assert pids("c") == [20, 30, 10]
     assert pids("p") == [10, 20, 30]
     assert pids("g") == [20, 10, 30]
+    unseen = [make_process(5, command="", state="not visible"), make_process(6, command="b"), make_process(7)]
+    assert [p.pid for p in gpumon.sort_processes(unseen, "n", False)] == [6, 7, 5]
 
 
 @pytest.fixture(scope="module")
@@ -325,6 +327,14 @@ def test_no_colour_means_no_escape_sequences(
     snapshot, history = rendered_inputs["eight"]
     assert "\x1b" not in "".join(gpumon.render_screen(snapshot, history, PLAIN, 200, 60))
     assert "\x1b" not in gpumon.render_once(snapshot, PLAIN, 80)
+
+
+def test_control_and_wide_characters_in_commands_cannot_reach_the_terminal() -> None:
+    hostile = make_process(1, command="evil \x1b[2J\x1b[H\u4e2d\u6587 \nrm", user="\x1b[31mroot")
+    columns = gpumon.plan_process_columns(80)
+    row = gpumon.render_process_row(hostile, columns, 80, PLAIN)
+    assert "\x1b" not in row and "\n" not in row and all(" " <= c <= "~" for c in row)
+    assert "evil ?[2J?[H?? ?rm" in row
 
 
 def test_clip_cuts_visible_text_and_resets_attributes() -> None:
