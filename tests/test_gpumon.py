@@ -514,12 +514,15 @@ MARKER = "ORIGINAL-PANE-TEXT-4711"
 TITLE = "driver 550.54.15"
 
 
-def start_monitor(pane: Pane, tmp: pathlib.Path, scenario: str = "eight", extra: str = "") -> None:
+def start_monitor(
+    pane: Pane, tmp: pathlib.Path, scenario: str = "eight", extra: str = "", interval: str = "60"
+) -> None:
+    """The monitor in the pane, after a marker line; a long interval shows that keys and signals act at once."""
     pane.type(f"clear; echo {MARKER}; stty -g > {tmp}/stty-before")
     pane.wait(lambda: (tmp / "stty-before").exists() and MARKER in pane.text(), "the marker")
     pane.type(
         f"PYTHONPATH={FAKE_DIR} FAKE_NVML_SCENARIO={scenario} {extra} "
-        f"{sys.executable} {SCRIPT} --interval 0.25; echo exit=$?; stty -g > {tmp}/stty-after"
+        f"{sys.executable} {SCRIPT} --interval {interval}; echo exit=$?; stty -g > {tmp}/stty-after"
     )
     pane.wait(lambda: pane.flag("alternate_on") == "1" and TITLE in pane.text(), "the monitor")
 
@@ -554,13 +557,14 @@ def test_every_way_out_restores_the_terminal(pane: Pane, tmp_path: pathlib.Path,
 
 @pytest.mark.tmux
 def test_nvml_failing_mid_run_restores_the_terminal_then_reports(pane: Pane, tmp_path: pathlib.Path) -> None:
-    start_monitor(pane, tmp_path, scenario="failing", extra="FAKE_NVML_FAIL_AFTER=3")
+    start_monitor(pane, tmp_path, scenario="failing", extra="FAKE_NVML_FAIL_AFTER=3", interval="0.25")
     text = assert_restored(pane, tmp_path, 1)
     assert "gpumon.py: error: NVML failed: Driver Not Loaded" in text
 
 
 @pytest.mark.tmux
-def test_layout_follows_a_resize(pane: Pane, tmp_path: pathlib.Path) -> None:
+def test_layout_follows_a_resize_at_once(pane: Pane, tmp_path: pathlib.Path) -> None:
+    # With the 60 s interval, the new layout can only come from the SIGWINCH redraw.
     start_monitor(pane, tmp_path)
     rows = pane.text().splitlines()
     assert rows[0].startswith("gpumon") and " P0 " in "\n".join(rows)
@@ -571,7 +575,7 @@ def test_layout_follows_a_resize(pane: Pane, tmp_path: pathlib.Path) -> None:
         complete = len(rows) == 12 and rows[0].startswith("gpumon") and "more processes" in rows[-1]
         return complete and " P0 " not in "\n".join(rows)
 
-    pane.wait(narrow_layout, "the 50x12 layout")
+    pane.wait(narrow_layout, "the 50x12 layout", timeout=5)
     assert all(len(row) <= 50 for row in pane.text().splitlines())
     pane.tmux("send-keys", "q")
     pane.wait(lambda: pane.flag("alternate_on") == "0", "the exit")
