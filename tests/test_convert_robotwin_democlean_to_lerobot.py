@@ -1,0 +1,461 @@
+"""convert_robotwin_democlean_to_lerobot.py: real HDF5 episodes in, a real LeRobot v2.1 dataset out, read back with
+lerobot's own reader (and PyAV for videos)."""
+
+import contextlib
+import io
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import av
+import cv2
+import datasets
+import h5py
+import numpy as np
+import pytest
+
+import convert_robotwin_democlean_to_lerobot as converter
+import generate_robotwin_samples as samples
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "convert_robotwin_democlean_to_lerobot.py"
+INTERFACE_FEATURES = {
+    "observation.state": ("float32", (14,)),
+    "action": ("float32", (14,)),
+    "observation.images.cam_high": ("image", (240, 320, 3)),
+    "observation.images.cam_left_wrist": ("image", (240, 320, 3)),
+    "observation.images.cam_right_wrist": ("image", (240, 320, 3)),
+    "manip_progress_time": ("float32", (1,)),
+    "manip_progress_distance_left": ("float32", (1,)),
+    "manip_progress_distance_right": ("float32", (1,)),
+    "target_endpose": ("float32", (14,)),
+    "target_joint": ("float32", (14,)),
+}
+SMALL_FRAMES = 30
+# datasets turns our (1,)-shaped progress values into scalars with float(), which numpy deprecates.
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def datasets_cache(tmp_path_factory):
+    """lerobot's reader copies datasets into HF_DATASETS_CACHE; keep that inside the test's temporary folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def lerobot():
+    return converter.load_lerobot()
+
+
+@pytest.fixture(scope="module")
+def converted(demo_clean, tmp_path_factory):
+    """The shared three-episode sample converted once with --verify; returns (dataset root, stdout)."""
+    out = tmp_path_factory.mktemp("converted")
+    argv = ["--root", str(demo_clean), "--repo-id", "test/demo", "--output-root", str(out), "--verify", "--workers", "1"]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert converter.main(argv) == 0
+    return out / "test" / "demo", stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def reader(lerobot, converted):
+    return lerobot.module.LeRobotDataset("test/demo", root=converted[0])
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    """Three short episodes that tests may copy and damage."""
+    return samples.write_demo_clean(tmp_path_factory.mktemp("small"), episodes=3, frames=SMALL_FRAMES, seed=1)
+
+
+def copy_demo(demo: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(shutil.copytree(demo, tmp_path / "demo_clean"))
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = converter.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def episode_frames(reader, episode: int) -> range:
+    return range(int(reader.episode_data_index["from"][episode]), int(reader.episode_data_index["to"][episode]))
+
+
+def column(reader, episode: int, key: str) -> np.ndarray:
+    return np.stack([reader.hf_dataset[i][key].numpy() for i in episode_frames(reader, episode)])
+
+
+def source_episode(number: int) -> samples.Episode:
+    """The generator's own record of the shared sample episode (conftest: 40 frames, seed 0)."""
+    return samples.make_episode(number, frames=40, seed=0)
+
+
+# --- the written dataset ----------------------------------------------------------------------------------------
+
+
+def test_info_json_declares_every_interface_feature_with_dtype_and_shape(converted):
+    info = json.loads((converted[0] / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v2.1"
+    assert info["fps"] == 50
+    declared = {key: (value["dtype"], tuple(value["shape"])) for key, value in info["features"].items()}
+    assert {key: declared.get(key) for key in INTERFACE_FEATURES} == INTERFACE_FEATURES
+
+
+def test_reader_returns_every_feature_with_its_shape(reader):
+    item = reader[5]
+    shapes = {key: tuple(item[key].shape) for key in INTERFACE_FEATURES}
+    assert shapes == {
+        **{key: (14,) for key in ("observation.state", "action", "target_endpose", "target_joint")},
+        **{f"observation.images.{cam}": (3, 240, 320) for cam in ("cam_high", "cam_left_wrist", "cam_right_wrist")},
+        **{key: () for key in converter.PROGRESS_FEATURES},  # lerobot 0.3.2 returns shape-(1,) features as 0-d
+    }
+
+
+def test_state_and_action_are_consecutive_joint_vectors(reader):
+    for episode in range(3):
+        vector = source_episode(episode).vector
+        assert np.array_equal(column(reader, episode, "observation.state"), vector[:-1].astype(np.float32))
+        assert np.array_equal(column(reader, episode, "action"), vector[1:].astype(np.float32))
+
+
+def stored_image(reader, index: int, key: str) -> np.ndarray:
+    return (reader[index][f"observation.images.{key}"].numpy().transpose(1, 2, 0) * 255).round().astype(np.int16)
+
+
+def test_images_are_true_rgb(reader):
+    episode = source_episode(1)
+    start = int(reader.episode_data_index["from"][1])
+    for camera, key in (("head_camera", "cam_high"), ("left_camera", "cam_left_wrist")):
+        rendered = samples.render_frame(episode, camera, 20, samples.make_texture(0, camera)).astype(np.int16)
+        stored = stored_image(reader, start + 20, key)
+        error, swapped_error = np.abs(stored - rendered).mean(), np.abs(stored - rendered[..., ::-1]).mean()
+        assert error < 6 and swapped_error > 3 * error  # JPEG noise only; red and blue in their places
+
+
+def test_images_are_the_source_jpegs_pixel_for_pixel(reader, demo_clean):
+    with h5py.File(demo_clean / "data" / "episode2.hdf5", "r") as f:
+        jpeg = bytes(f["observation/right_camera/rgb"][7])
+    start = int(reader.episode_data_index["from"][2])
+    source = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)  # RoboTwin's JPEGs decode to RGB here
+    assert np.array_equal(stored_image(reader, start + 7, "cam_right_wrist"), source)
+
+
+def test_task_is_one_seen_instruction_of_its_episode(reader, demo_clean):
+    for episode in range(3):
+        seen = json.loads((demo_clean / "instructions" / f"episode{episode}.json").read_text())["seen"]
+        tasks = {reader[i]["task"] for i in episode_frames(reader, episode)}
+        assert len(tasks) == 1 and tasks <= set(seen)
+
+
+def test_progress_fields_run_from_zero_to_one_without_decreasing(reader):
+    for episode in range(3):
+        for key in converter.PROGRESS_FEATURES:
+            progress = column(reader, episode, key)
+            assert progress[0] == 0.0 and progress[-1] == 1.0
+            assert np.all(np.diff(progress) >= 0), key
+
+
+def test_time_progress_is_frame_over_last_frame(reader):
+    progress = column(reader, 0, "manip_progress_time")
+    assert np.allclose(progress, np.arange(39) / 38)
+
+
+def test_targets_are_the_poses_at_each_arms_next_keyframe(reader):
+    for number in range(3):
+        episode = source_episode(number)
+        length = episode.length - 1
+        expected_pose, expected_joint = [], []
+        for arm, pose, joints in (
+            ("left", episode.left_endpose, episode.vector[:, :7]),
+            ("right", episode.right_endpose, episode.vector[:, 7:]),
+        ):
+            keys = sorted({*episode.gripper_crossings[arm], length - 1})
+            targets = [next(k for k in keys if k >= t) for t in range(length)]
+            expected_pose.append(pose[targets])
+            expected_joint.append(joints[targets])
+        assert np.array_equal(column(reader, number, "target_endpose"), np.hstack(expected_pose).astype(np.float32))
+        assert np.array_equal(column(reader, number, "target_joint"), np.hstack(expected_joint).astype(np.float32))
+
+
+def test_arm_that_returns_home_still_reaches_full_distance_progress(reader):
+    episode = source_episode(0)
+    xyz = episode.left_endpose[:-1, :3]
+    assert np.linalg.norm(xyz[-1] - xyz[0]) < 0.1 * converter.path_length(xyz)[-1]  # it really ends near its start
+    progress = column(reader, 0, "manip_progress_distance_left")
+    assert progress[-1] == 1.0 and np.all(np.diff(progress) >= 0)
+
+
+def test_verify_reports_what_it_checked(converted):
+    output = converted[1]
+    assert "verified" in output and "pixel-exact true RGB" in output and "50-step window" in output
+
+
+def test_dataset_holds_no_leftover_png_folder(converted):
+    assert not (converted[0] / "images").exists()
+    assert not list(converted[0].parent.glob(".demo.partial-*"))
+
+
+# --- pure computations shared with the training side -------------------------------------------------------------
+
+
+def test_distance_progress_of_a_round_trip_ends_at_one():
+    out_and_back = np.concatenate([np.linspace([0, 0, 0], [0.3, 0, 0], 20), np.linspace([0.3, 0, 0], [0, 0, 0], 20)])
+    progress = converter.distance_progress(out_and_back)
+    assert progress[0] == 0.0 and progress[-1] == 1.0 and np.all(np.diff(progress) >= 0)
+    assert progress[19] == pytest.approx(0.5, abs=0.03)
+
+
+def test_motionless_arm_gets_time_progress_with_a_warning():
+    episode = samples.make_episode(0, frames=40)
+    still = np.repeat(episode.right_endpose[:1], episode.length, axis=0)
+    still[:, 0] += np.linspace(0, 0.0005, episode.length)  # half a millimetre in total
+    fields = converter.compute_episode_fields(episode.vector, episode.left_endpose, still, name="ep0")
+    assert np.array_equal(fields.progress_distance_right, fields.progress_time)
+    assert any("right arm moves less than 1 mm" in note for note in fields.warnings)
+
+
+def test_keyframes_are_gripper_crossings_plus_last_frame():
+    gripper = np.array([1.0, 1.0, 0.7, 0.3, 0.0, 0.0, 0.3, 0.7, 1.0, 1.0])
+    assert converter.keyframes(gripper).tolist() == [3, 7, 9]
+    assert converter.target_frames(np.array([3, 7, 9]), 10).tolist() == [3, 3, 3, 3, 7, 7, 7, 7, 9, 9]
+
+
+def test_task_choice_is_reproducible_and_follows_the_list_kind():
+    instructions = {"seen": [f"seen {i}" for i in range(20)], "unseen": ["unseen a", "unseen b"]}
+    first = [converter.choose_task(instructions, "seen", seed=3, number=n) for n in range(10)]
+    assert first == [converter.choose_task(instructions, "seen", seed=3, number=n) for n in range(10)]
+    assert len(set(first)) > 1
+    assert converter.choose_task(instructions, "unseen", seed=3, number=0).startswith("unseen")
+
+
+# --- options ------------------------------------------------------------------------------------------------------
+
+
+def test_front_camera_and_image_size_change_the_schema(small_demo, tmp_path, lerobot, capsys):
+    argv = ["--root", str(small_demo), "--repo-id", "t/small", "--output-root", str(tmp_path), "--workers", "1",
+            "--cameras", "head_camera", "front_camera", "--image-size", "160x120", "--verify"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    item = lerobot.module.LeRobotDataset("t/small", root=tmp_path / "t" / "small")[3]
+    assert tuple(item["observation.images.cam_front"].shape) == (3, 120, 160)
+    assert "observation.images.cam_left_wrist" not in item
+
+
+def test_unseen_instructions_option(small_demo, tmp_path, lerobot, capsys):
+    small = copy_demo(small_demo, tmp_path)
+    for path in sorted((small / "data").glob("episode*.hdf5"))[1:]:
+        path.unlink()
+    argv = ["--root", str(small), "--repo-id", "t/unseen", "--output-root", str(tmp_path / "out"), "--workers", "1",
+            "--cameras", "head_camera", "--instructions", "unseen"]
+    assert run(argv, capsys)[0] == 0
+    unseen = json.loads((small / "instructions" / "episode0.json").read_text())["unseen"]
+    assert lerobot.module.LeRobotDataset("t/unseen", root=tmp_path / "out" / "t" / "unseen")[0]["task"] in unseen
+
+
+def test_video_mode_writes_true_rgb_mp4_per_camera_and_episode(small_demo, tmp_path, capsys):
+    small = copy_demo(small_demo, tmp_path)
+    for path in sorted((small / "data").glob("episode*.hdf5"))[1:]:
+        path.unlink()
+    argv = ["--root", str(small), "--repo-id", "t/video", "--output-root", str(tmp_path / "out"), "--workers", "1",
+            "--cameras", "head_camera", "--video"]
+    assert run(argv, capsys)[0] == 0
+    video = tmp_path / "out" / "t" / "video" / "videos" / "chunk-000" / "observation.images.cam_high" / "episode_000000.mp4"
+    with av.open(str(video)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(frames) == SMALL_FRAMES - 1
+    episode = samples.make_episode(0, frames=SMALL_FRAMES, seed=1)
+    rendered = samples.render_frame(episode, "head_camera", 10, samples.make_texture(1, "head_camera")).astype(np.int16)
+    assert np.abs(frames[10] - rendered).mean() < np.abs(frames[10] - rendered[..., ::-1]).mean()
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+
+def delete_dataset(path: pathlib.Path, name: str) -> None:
+    with h5py.File(path, "a") as f:
+        del f[name]
+
+
+def shorten_dataset(path: pathlib.Path, name: str) -> None:
+    with h5py.File(path, "a") as f:
+        values = f[name][:-3]
+        del f[name]
+        f[name] = values
+
+
+def keep_one_frame(path: pathlib.Path, _: str) -> None:
+    with h5py.File(path, "a") as f:
+        names = []
+        f.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+        for name in names:
+            values = f[name][:1]
+            del f[name]
+            f[name] = values
+
+
+def replace_jpeg(path: pathlib.Path, name: str, make_bad) -> None:
+    with h5py.File(path, "a") as f:
+        frames = [bytes(buffer) for buffer in f[name][()]]
+        frames[5] = make_bad(frames[5])
+        del f[name]
+        f[name] = np.array(frames, dtype=f"S{max(map(len, frames))}")
+
+
+BAD_CASES = {
+    "missing dataset": ("endpose/left_endpose", delete_dataset, "missing"),
+    "unequal lengths": ("observation/head_camera/rgb", shorten_dataset, "frames but joint_action/vector has"),
+    "single frame": ("joint_action/vector", keep_one_frame, "at least 2 are needed"),
+    "garbage jpeg": (
+        "observation/left_camera/rgb",
+        lambda path, name: replace_jpeg(path, name, lambda jpeg: b"not a jpeg at all"),
+        "frame 5 is not a decodable JPEG",
+    ),
+    "truncated jpeg": (
+        "observation/right_camera/rgb",
+        lambda path, name: replace_jpeg(path, name, lambda jpeg: jpeg[: len(jpeg) // 2]),
+        "frame 5 is not a decodable JPEG",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_episode_is_named_and_nothing_is_written(case, small_demo, tmp_path, capsys):
+    dataset, damage, message = BAD_CASES[case]
+    demo = copy_demo(small_demo, tmp_path)
+    damage(demo / "data" / "episode1.hdf5", dataset)
+    out = tmp_path / "out"
+    code, _, err = run(["--root", str(demo), "--repo-id", "t/bad", "--output-root", str(out), "--workers", "1"], capsys)
+    assert code == 1
+    assert f"episode1.hdf5: {dataset}: " in err and message in err
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_missing_instruction_file_is_an_error(small_demo, tmp_path, capsys):
+    demo = copy_demo(small_demo, tmp_path)
+    (demo / "instructions" / "episode2.json").unlink()
+    out = tmp_path / "out"
+    code, _, err = run(["--root", str(demo), "--repo-id", "t/bad", "--output-root", str(out)], capsys)
+    assert code == 1 and "instructions/episode2.json: missing" in err
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_default_prompt_replaces_a_missing_instruction_file(small_demo, tmp_path, lerobot, capsys):
+    demo = copy_demo(small_demo, tmp_path)
+    for number in (1, 2):
+        (demo / "data" / f"episode{number}.hdf5").unlink()
+    (demo / "instructions" / "episode0.json").unlink()
+    argv = ["--root", str(demo), "--repo-id", "t/prompt", "--output-root", str(tmp_path / "out"), "--workers", "1",
+            "--cameras", "head_camera", "--default-prompt", "put the shoes away"]
+    assert run(argv, capsys)[0] == 0
+    assert lerobot.module.LeRobotDataset("t/prompt", root=tmp_path / "out" / "t" / "prompt")[0]["task"] == "put the shoes away"
+
+
+def test_skip_bad_converts_the_rest_and_lists_what_it_skipped(small_demo, tmp_path, lerobot, capsys):
+    demo = copy_demo(small_demo, tmp_path)
+    delete_dataset(demo / "data" / "episode1.hdf5", "joint_action/vector")
+    argv = ["--root", str(demo), "--repo-id", "t/skip", "--output-root", str(tmp_path / "out"), "--workers", "1",
+            "--cameras", "head_camera", "--skip-bad"]
+    code, out, _ = run(argv, capsys)
+    assert code == 0
+    assert "skipped" in out and "episode1.hdf5: joint_action/vector: missing" in out
+    assert lerobot.module.LeRobotDataset("t/skip", root=tmp_path / "out" / "t" / "skip").num_episodes == 2
+
+
+def test_existing_dataset_is_refused_without_overwrite_and_replaced_with_it(small_demo, tmp_path, lerobot, capsys):
+    demo = copy_demo(small_demo, tmp_path)
+    for number in (1, 2):
+        (demo / "data" / f"episode{number}.hdf5").unlink()
+    existing = tmp_path / "out" / "t" / "exists"
+    existing.mkdir(parents=True)
+    (existing / "keep.txt").write_text("previous dataset")
+    argv = ["--root", str(demo), "--repo-id", "t/exists", "--output-root", str(tmp_path / "out"), "--workers", "1",
+            "--cameras", "head_camera"]
+    code, _, err = run(argv, capsys)
+    assert code == 1 and "dataset exists" in err and (existing / "keep.txt").exists()
+    assert run([*argv, "--overwrite"], capsys)[0] == 0
+    assert not (existing / "keep.txt").exists()
+    assert lerobot.module.LeRobotDataset("t/exists", root=existing).num_episodes == 1
+
+
+def test_interrupt_during_writing_leaves_no_dataset(small_demo, tmp_path, monkeypatch, capsys):
+    write = converter.write_episode
+    calls = []
+
+    def interrupted_after_first_episode(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        write(*args)
+
+    monkeypatch.setattr(converter, "write_episode", interrupted_after_first_episode)
+    out = tmp_path / "out"
+    argv = ["--root", str(small_demo), "--repo-id", "t/int", "--output-root", str(out), "--workers", "1",
+            "--cameras", "head_camera"]
+    code, _, err = run(argv, capsys)
+    assert code == 130 and "no dataset written" in err
+    assert len(calls) == 2
+    assert list(out.rglob("*")) == [out / "t"]  # the parent folder only: no dataset, no partial folder
+
+
+def test_lerobot_writing_format_v3_is_refused(small_demo, tmp_path, lerobot, monkeypatch, capsys):
+    # lerobot >= 0.4 (format v3.0) is not installed here; its CODEBASE_VERSION constant is what the converter reads.
+    monkeypatch.setattr(lerobot.module, "CODEBASE_VERSION", "v3.0")
+    out = tmp_path / "out"
+    code, _, err = run(["--root", str(small_demo), "--repo-id", "t/v3", "--output-root", str(out)], capsys)
+    assert code == 1 and "v3.0, which openpi cannot read" in err
+    assert not out.exists()
+
+
+def test_pinned_rev_writer_gets_the_task_inside_the_frame():
+    class PinnedRevDataset:
+        # openpi's pinned lerobot rev: add_frame(frame) reads the task from frame["task"]
+        def __init__(self):
+            self.frames = []
+
+        def add_frame(self, frame):
+            self.frames.append(frame)
+
+    pinned = converter.LeRobot(module=None, home=pathlib.Path("."), task_argument=False)
+    dataset = PinnedRevDataset()
+    converter.add_frame(pinned, dataset, {"action": np.zeros(14, np.float32)}, "pick up the shoes")
+    assert dataset.frames[0]["task"] == "pick up the shoes"
+
+
+def test_installed_lerobot_takes_the_task_as_an_argument(lerobot):
+    assert lerobot.task_argument and lerobot.module.CODEBASE_VERSION == "v2.1"
+
+
+def test_verify_fails_when_the_dataset_differs_from_the_source(small_demo, tmp_path, lerobot, capsys):
+    demo = copy_demo(small_demo, tmp_path)
+    argv = ["--root", str(demo), "--repo-id", "t/verify", "--output-root", str(tmp_path / "out"), "--workers", "1",
+            "--cameras", "head_camera"]
+    assert run(argv, capsys)[0] == 0
+    with h5py.File(demo / "data" / "episode0.hdf5", "a") as f:
+        f["joint_action/vector"][0, 0] += 0.5
+    sources = converter.find_episodes(demo)
+    options = converter.Options(cameras=("head_camera",))
+    with pytest.raises(converter.ConversionError, match="observation.state differs"):
+        converter.verify_dataset(lerobot, "t/verify", tmp_path / "out" / "t" / "verify", sources, options, 3)
+
+
+# --- the command line as the README's main job runs it ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_command_line_writes_to_hf_lerobot_home_and_verifies_by_repo_id(demo_clean, tmp_path):
+    env = {**os.environ, "HF_LEROBOT_HOME": str(tmp_path / "home"), "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--root", str(demo_clean), "--repo-id", "robotwin/place_dual_shoes", "--verify"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"by repo id 'robotwin/place_dual_shoes' from {tmp_path / 'home'}" in result.stdout
+    assert (tmp_path / "home" / "robotwin" / "place_dual_shoes" / "meta" / "info.json").is_file()
+    assert "episodes 3/3" in result.stderr  # the progress line
