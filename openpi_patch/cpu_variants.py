@@ -1,6 +1,6 @@
 """Run the patched openpi on a CPU machine without network: the one place tests and the CPU demo take it from.
 
-API (five names):
+API (six names):
     use_patched_openpi(workdir) -> pathlib.Path
         Copies the installed openpi package (rpent-openpi) to workdir/openpi, applies openpi_patch/patches there
         and puts workdir first on sys.path, so `import openpi` gives the patched copy. Returns the folder to put
@@ -21,6 +21,8 @@ API (five names):
         a NoOp weight loader, or the config's own weight loader reading params_path when one is given.
     EXPERIMENT_CONFIGS
         The five config names the patch adds: four experiments and the baseline.
+    installed_openpi() -> pathlib.Path
+        The unpatched package folder of the installed rpent-openpi, even when a patched copy is on sys.path.
 
 Example:
     workdir = cpu_variants.use_patched_openpi(tmp / "site")
@@ -33,6 +35,7 @@ Example:
 import collections.abc
 import contextlib
 import dataclasses
+import importlib.metadata
 import importlib.util
 import io
 import os
@@ -41,6 +44,7 @@ import shutil
 import sys
 import tempfile
 
+OPENPI_DISTRIBUTION = "rpent-openpi"
 EXPERIMENT_CONFIGS = (
     "pi05_robotwin_progress_lasttoken_time",
     "pi05_robotwin_progress_lasttoken_distance",
@@ -62,11 +66,12 @@ TOKENIZER_TASKS = (
 )
 
 
-def _installed_openpi() -> pathlib.Path:
-    spec = importlib.util.find_spec("openpi")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("openpi is not installed (pip install --no-deps rpent-openpi==0.2.2)")
-    return pathlib.Path(next(iter(spec.submodule_search_locations)))
+def installed_openpi() -> pathlib.Path:
+    """The unpatched openpi package folder of the installed distribution (not a patched copy on sys.path)."""
+    try:
+        return pathlib.Path(importlib.metadata.distribution(OPENPI_DISTRIBUTION).locate_file("openpi"))
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError(f"openpi is not installed (pip install --no-deps {OPENPI_DISTRIBUTION}==0.2.2)") from None
 
 
 def _load_apply():
@@ -91,7 +96,7 @@ def use_patched_openpi(workdir: pathlib.Path) -> pathlib.Path:
     if not package.is_dir():
         workdir.mkdir(parents=True, exist_ok=True)
         scratch = pathlib.Path(tempfile.mkdtemp(prefix=".openpi.", dir=workdir))
-        shutil.copytree(_installed_openpi(), scratch / "openpi", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(installed_openpi(), scratch / "openpi", ignore=shutil.ignore_patterns("__pycache__"))
         apply.run(scratch)
         (scratch / "openpi").rename(package)
         scratch.rmdir()
