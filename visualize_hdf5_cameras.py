@@ -29,6 +29,7 @@ import fractions
 import html
 import json
 import math
+import multiprocessing
 import os
 import pathlib
 import re
@@ -38,6 +39,7 @@ import time
 import traceback
 import urllib.parse
 from collections.abc import Iterator
+from typing import TextIO
 
 import av
 import cv2
@@ -536,9 +538,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Progress:
     """Episodes done and frames per second on stderr: redrawn in place on a terminal, one line per episode otherwise."""
 
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.stream = total, stream
-        self.tty = stream.isatty()
+    def __init__(self, total: int, stream: TextIO | None = None):
+        self.total, self.stream = total, stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
         self.done = self.frames = 0
         self.start = time.monotonic()
 
@@ -576,7 +578,9 @@ def run_jobs(jobs: list[Job], workers: int, progress: Progress) -> list[Result]:
         for job in jobs:
             report(render_episode(job))
         return results
-    pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=worker_init)
+    # spawn, not fork: a forked child can inherit OpenCV's or FFmpeg's thread pools mid-lock and hang.
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init)
     try:
         futures = [pool.submit(render_episode, job) for job in jobs]
         for future in concurrent.futures.as_completed(futures):
