@@ -115,7 +115,6 @@ def _tokenizer_corpus() -> collections.abc.Iterator[str]:
 
 def write_stand_in_tokenizer(data_home: pathlib.Path | None = None) -> pathlib.Path:
     import sentencepiece
-
     from openpi.models import pi0_config
 
     if data_home is None:
@@ -146,11 +145,11 @@ def write_stand_in_tokenizer(data_home: pathlib.Path | None = None) -> pathlib.P
 
 @contextlib.contextmanager
 def tiny_siglip(variant: str = "mu/14") -> collections.abc.Iterator[None]:
-    import openpi.models.siglip as siglip
+    from openpi.models import siglip
 
     full_size = siglip.Module
 
-    def small(num_classes=None, *, variant=None, **kw):  # noqa: ARG001 - the requested variant is replaced
+    def small(num_classes=None, *, variant=None, **kw):
         return full_size(num_classes, variant=small_variant, **kw)
 
     small_variant = variant

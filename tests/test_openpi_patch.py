@@ -12,14 +12,13 @@ import shutil
 import subprocess
 import sys
 
-import flax.nnx as nnx
-import flax.traverse_util as traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx, traverse_util
 
 from openpi_patch import cpu_variants
 
@@ -78,7 +77,13 @@ def test_apply_changes_the_six_files(tmp_path):
     assert run_apply(str(site)).returncode == 0
     package = site / "openpi"
     assert (package / "policies" / "robotwin_policy.py").is_file()
-    for relpath in ("models/pi0_config.py", "models/model.py", "models/tokenizer.py", "training/config.py", "models/pi0.py"):
+    for relpath in (
+        "models/pi0_config.py",
+        "models/model.py",
+        "models/tokenizer.py",
+        "training/config.py",
+        "models/pi0.py",
+    ):
         assert (package / relpath).read_bytes() != (cpu_variants.installed_openpi() / relpath).read_bytes(), relpath
 
 
@@ -157,7 +162,7 @@ def raw_sample(index: int, action_horizon: int) -> dict:
     """One frame as the LeRobot reader gives it for the converter's dataset: float CHW images, 0-d progress."""
     rng = np.random.default_rng(index)
     time, left, right = PROGRESS_VALUES[index]
-    image = lambda: rng.random((3, 240, 320), dtype=np.float32)  # noqa: E731
+    image = lambda: rng.random((3, 240, 320), dtype=np.float32)
     return {
         "observation.images.cam_high": image(),
         "observation.images.cam_left_wrist": image(),
@@ -174,9 +179,7 @@ def raw_sample(index: int, action_horizon: int) -> dict:
 def norm_stats() -> dict:
     from openpi.shared import normalize
 
-    stats = normalize.NormStats(
-        mean=np.zeros(14), std=np.full(14, 2.0), q01=np.full(14, -2.0), q99=np.full(14, 2.0)
-    )
+    stats = normalize.NormStats(mean=np.zeros(14), std=np.full(14, 2.0), q01=np.full(14, -2.0), q99=np.full(14, 2.0))
     return {"state": stats, "actions": stats}
 
 
@@ -296,7 +299,11 @@ def test_tokens_without_the_option_are_identical_to_upstream(patched):
     upstream = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(upstream)
     state = np.linspace(-1, 1, 14)
-    for prompt, state_in, max_len in (("place the shoes", state, 200), ("grab the cup", None, 48), ("x " * 80, state, 20)):
+    for prompt, state_in, max_len in (
+        ("place the shoes", state, 200),
+        ("grab the cup", None, 48),
+        ("x " * 80, state, 20),
+    ):
         ours = tokenizer.PaligemmaTokenizer(max_len).tokenize(prompt, state_in)
         theirs = upstream.PaligemmaTokenizer(max_len).tokenize(prompt, state_in)
         np.testing.assert_array_equal(ours[0], theirs[0])
@@ -387,7 +394,9 @@ def test_the_five_configs_differ_only_in_progress(patched):
     for name in EXPERIMENTS:
         config = _config.get_config(name)
         assert config.model.progress is not None
-        unprogressed = dataclasses.replace(config, name=BASELINE, model=dataclasses.replace(config.model, progress=None))
+        unprogressed = dataclasses.replace(
+            config, name=BASELINE, model=dataclasses.replace(config.model, progress=None)
+        )
         assert unprogressed == baseline, name
 
 
@@ -444,11 +453,11 @@ def test_baseline_has_upstreams_parameter_tree(patched, models):
 
     with cpu_variants.tiny_siglip():
         upstream = nnx.eval_shape(
-            lambda: pi0_config.Pi0Config(
-                pi05=True, paligemma_variant="dummy", action_expert_variant="dummy"
-            ).create(jax.random.key(0))
+            lambda: pi0_config.Pi0Config(pi05=True, paligemma_variant="dummy", action_expert_variant="dummy").create(
+                jax.random.key(0)
+            )
         )
-    shapes = lambda model: jax.tree.map(lambda x: (x.shape, x.dtype), nnx.state(model).to_pure_dict())  # noqa: E731
+    shapes = lambda model: jax.tree.map(lambda x: (x.shape, x.dtype), nnx.state(model).to_pure_dict())
     assert shapes(models(BASELINE)) == shapes(upstream)
 
 
@@ -542,7 +551,7 @@ def test_a_few_optimiser_steps_on_one_batch_lower_the_aux_loss(models, batches, 
 
     @nnx.jit
     def train_step(model, optimizer, observation, actions):
-        loss_fn = lambda m: jnp.mean(m.compute_loss(jax.random.key(1), observation, actions))  # noqa: E731
+        loss_fn = lambda m: jnp.mean(m.compute_loss(jax.random.key(1), observation, actions))
         optimizer.update(nnx.grad(loss_fn)(model))
 
     before = float(jnp.mean(compiled["progress_loss"](model, observation)))

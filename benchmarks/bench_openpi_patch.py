@@ -1,0 +1,158 @@
+"""Cost of the manipulation-progress patch: parameters added at full size, training-step time on this CPU.
+
+Usage:
+    .venv/bin/python benchmarks/bench_openpi_patch.py [--steps N] [--batch-size B] [--siglip VARIANT]
+                                                      [--skip-params] [--skip-steps] [--workdir DIR]
+
+Parameters: each of the five RoboTwin configs is built abstractly (nnx.eval_shape, no memory, seconds) at full
+size (SigLIP So400m/14, gemma_2b, gemma_300m) and its parameters counted; "added" is the difference to the
+baseline config. Goal: under 0.1 %.
+
+Step time: each config with dummy gemma for both experts and a tiny SigLIP (the CPU variants of
+openpi_patch/cpu_variants.py) runs a jitted training step (gradient of the mean of compute_loss, as openpi's
+train.py takes it, and an Adam update) on one fake batch. After one compiling step per config, the configs take
+turns step by step, so load from other processes hits all of them alike; the figure is the median step time, shown
+relative to the baseline measured in the same run. Goal: under 3 %. Takes a few minutes on 2 cores.
+
+Prints two tables to stdout; writes nothing but the patched openpi copy and the stand-in tokenizer in a temporary
+folder (or --workdir).
+"""
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from openpi_patch import cpu_variants
+
+BASELINE = "pi05_robotwin_baseline"
+PARAM_GOAL_PERCENT = 0.1
+STEP_GOAL_PERCENT = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamCount:
+    name: str
+    total: int
+    added: int
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTime:
+    name: str
+    median_s: float
+    times_s: tuple[float, ...]
+
+
+def count_params(name: str) -> int:
+    import jax
+    from flax import nnx
+    from openpi.training import config as _config
+
+    model = nnx.eval_shape(lambda: _config.get_config(name).model.create(jax.random.key(0)))
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def make_train_step():
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    @nnx.jit
+    def train_step(model, optimizer, observation, actions):
+        loss_fn = lambda m: jnp.mean(m.compute_loss(jax.random.key(0), observation, actions, train=True))
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(grads)
+        return loss
+
+    return train_step
+
+
+def time_steps(names: tuple[str, ...], *, steps: int, batch_size: int, siglip: str) -> list[StepTime]:
+    import jax
+    import optax
+    from flax import nnx
+
+    train_step = make_train_step()
+    runs = {}
+    for name in names:
+        config = cpu_variants.small_config(name, batch_size=batch_size)
+        with cpu_variants.tiny_siglip(siglip):
+            model = config.model.create(jax.random.key(0))
+        optimizer = nnx.Optimizer(model, optax.adam(1e-4))
+        batch = (config.model.fake_obs(batch_size), config.model.fake_act(batch_size))
+        jax.block_until_ready(train_step(model, optimizer, *batch))  # compiles
+        runs[name] = (model, optimizer, batch)
+        print(f"  compiled {name}", file=sys.stderr, flush=True)
+    times = {name: [] for name in names}
+    for _ in range(steps):
+        for name, (model, optimizer, batch) in runs.items():
+            start = time.perf_counter()
+            jax.block_until_ready(train_step(model, optimizer, *batch))
+            times[name].append(time.perf_counter() - start)
+    return [StepTime(name, statistics.median(t), tuple(t)) for name, t in times.items()]
+
+
+def render_params(counts: list[ParamCount]) -> str:
+    lines = [
+        "Parameters at full size (So400m/14 + gemma_2b + gemma_300m), from nnx.eval_shape",
+        f"{'config':<48} {'total':>15} {'added':>10} {'added %':>9}",
+    ]
+    base = next(c.total for c in counts if c.name == BASELINE)
+    for c in counts:
+        lines.append(f"{c.name:<48} {c.total:>15,} {c.added:>10,} {100 * c.added / base:>8.4f}%")
+    worst = max(100 * c.added / base for c in counts)
+    lines.append(f"goal: under {PARAM_GOAL_PERCENT}% added -> {'met' if worst < PARAM_GOAL_PERCENT else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def render_steps(results: list[StepTime], *, steps: int, batch_size: int, siglip: str) -> str:
+    lines = [
+        f"Training-step time on this CPU (dummy gemma, SigLIP {siglip}, batch {batch_size}, median of {steps} steps)",
+        f"{'config':<48} {'median s':>9} {'vs baseline':>12}",
+    ]
+    base = next(r.median_s for r in results if r.name == BASELINE)
+    for r in results:
+        lines.append(f"{r.name:<48} {r.median_s:>9.3f} {100 * (r.median_s / base - 1):>+11.1f}%")
+    worst = max(100 * (r.median_s / base - 1) for r in results)
+    lines.append(f"goal: under +{STEP_GOAL_PERCENT}% -> {'met' if worst < STEP_GOAL_PERCENT else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Parameters and step time the progress patch adds to pi05.")
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per config (default 7)")
+    parser.add_argument("--batch-size", type=int, default=2, help="batch size of the timed steps (default 2)")
+    parser.add_argument("--siglip", default="mu/14", help="small SigLIP variant for the timed steps (default mu/14)")
+    parser.add_argument("--skip-params", action="store_true", help="do not count full-size parameters")
+    parser.add_argument("--skip-steps", action="store_true", help="do not time training steps")
+    parser.add_argument("--workdir", type=pathlib.Path, help="where the patched openpi copy goes (default: a temp dir)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = (BASELINE, *(n for n in cpu_variants.EXPERIMENT_CONFIGS if n != BASELINE))
+    with tempfile.TemporaryDirectory(prefix="bench_openpi_patch.") as scratch:
+        workdir = args.workdir or pathlib.Path(scratch)
+        os.environ.setdefault("OPENPI_DATA_HOME", str(workdir / "openpi-data"))
+        cpu_variants.use_patched_openpi(workdir / "site")
+        if not args.skip_params:
+            totals = {name: count_params(name) for name in names}
+            counts = [ParamCount(name, totals[name], totals[name] - totals[BASELINE]) for name in names]
+            print(render_params(counts), flush=True)
+        if not args.skip_steps:
+            results = time_steps(names, steps=args.steps, batch_size=args.batch_size, siglip=args.siglip)
+            print(render_steps(results, steps=args.steps, batch_size=args.batch_size, siglip=args.siglip))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
