@@ -124,6 +124,15 @@ def test_a_mismatch_names_file_and_hunk_and_writes_nothing(tmp_path):
     assert {p: p.read_bytes() for p in (site / "openpi").rglob("*.py")} == before
 
 
+def test_a_partly_patched_package_is_an_error(tmp_path):
+    site = copy_installed_openpi(tmp_path)
+    run_apply(str(site))
+    shutil.copy(cpu_variants.installed_openpi() / "models" / "pi0.py", site / "openpi" / "models" / "pi0.py")
+    result = run_apply(str(site))
+    assert result.returncode == 1
+    assert "partly patched" in result.stderr
+
+
 def test_a_folder_without_openpi_is_an_error(tmp_path):
     result = run_apply(str(tmp_path))
     assert result.returncode == 1
@@ -139,9 +148,13 @@ def patched(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     data_home = tmp_path_factory.mktemp("openpi-data")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OPENPI_DATA_HOME", str(data_home))
+        mp.setattr(sys, "path", list(sys.path))
         site = cpu_variants.use_patched_openpi(tmp_path_factory.mktemp("patched") / "site")
         cpu_variants.write_stand_in_tokenizer(data_home)
         yield site
+    # later test modules must find the installed, unpatched openpi again
+    for name in [name for name in sys.modules if name == "openpi" or name.startswith("openpi.")]:
+        del sys.modules[name]
 
 
 @pytest.fixture(scope="module")
