@@ -22,11 +22,13 @@
 #   --demo            no GPU, no weights: the same sequence on the sample episodes with openpi from the installed
 #                     package, patched in a temporary copy, small model variants and a few CPU training steps
 #   --out DIR         --demo only: where everything goes (default: demo_output)
-#   --steps N         --demo only: training steps per config (default: 4)
+#   --steps N         --demo only: training steps per config (default: 3)
 #
 # Environment:
 #   OPENPI_DIR        openpi checkout with the patch applied (required without --demo)
 #   PYTHON            interpreter for the converter and the checks (default: .venv/bin/python next to this script)
+#   OPENPI_PYTHON     interpreter that imports the patched openpi, run in OPENPI_DIR, to ask the configs which
+#                     dataset columns they read (default: "uv run python"; --demo: PYTHON on a patched copy)
 #   TRAIN_CMD         training command, run in OPENPI_DIR, given "<config> --exp-name=NAME --overwrite"
 #                     (default: "uv run scripts/train.py"; --demo: "$PYTHON openpi_patch/train_demo.py --out OUT/openpi")
 #   NORM_STATS_CMD    norm stats command, run in OPENPI_DIR, given "<config>"
@@ -65,14 +67,14 @@ readonly DISTANCE_FIELDS=("manip_progress_distance_left:1:float32" "manip_progre
 readonly DATASET_SIZE_FACTOR=6
 # Seconds a stopped training gets to exit after SIGTERM before it is killed.
 readonly STOP_GRACE_S=30
-readonly DEMO_STEPS=4
+readonly DEMO_STEPS=3
 
 # Set by the signal handler and read by the training loop; a trap can only reach globals.
 INTERRUPTED=0
 CHILD_PID=""
 
 usage() {
-  sed -n '5,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '5,42p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 err() {
@@ -240,6 +242,56 @@ sys.exit(1 if problems else 0)
 PY
 }
 
+# Asks openpi's own configs which dataset columns their data pipeline reads (the repack transform's sources and the
+# action sequence keys), and checks each against meta/info.json. With demo=1 it patches a temporary copy of the
+# installed openpi first. Costs the ten seconds of importing openpi's training config.
+check_config_columns() {
+  local info="$1" demo="$2" configs="$3"
+  shift 3
+  "$@" - "${info}" "${demo}" "${SCRIPT_DIR}/openpi_patch" "${configs}" <<'PY'
+import json
+import os
+import pathlib
+import sys
+import tempfile
+
+info_path, demo, patch_dir, configs = sys.argv[1:]
+with open(info_path) as f:
+    columns = set(json.load(f)["features"])
+with tempfile.TemporaryDirectory(prefix="openpi-patched.") as site:
+    if demo == "1":
+        sys.path.insert(0, patch_dir)
+        import cpu_variants
+
+        cpu_variants.use_patched_openpi(pathlib.Path(site))
+    from openpi import transforms
+    from openpi.training import config as openpi_config
+
+    repo_id = os.environ["OPENPI_ROBOTWIN_REPO_ID"]
+    problems = []
+    for name in configs.split(","):
+        factory = openpi_config.get_config(name).data
+        if factory.repo_id != repo_id:
+            problems.append(f"{name} reads the dataset {factory.repo_id}, not {repo_id}")
+        base = factory.base_config or openpi_config.DataConfig()
+        action_keys = getattr(factory, "action_sequence_keys", base.action_sequence_keys)
+        sources = {key: "action_sequence_keys" for key in action_keys}
+        for transform in getattr(factory, "repack_transforms", transforms.Group()).inputs:
+            if isinstance(transform, transforms.RepackTransform):
+                sources.update({source: "repack" for source in transforms.flatten_dict(transform.structure).values()})
+        if base.prompt_from_task:
+            sources.pop("prompt", None)
+        problems += [
+            f"{name} reads the column '{column}' ({origin}), which the dataset does not have"
+            for column, origin in sorted(sources.items())
+            if column not in columns
+        ]
+for problem in problems:
+    print(f"run_experiments.sh: {info_path}: {problem}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
+}
+
 # Sends SIGTERM to the training's process group, then SIGKILL if it has not exited after the grace period.
 stop_child() {
   local pid="$1" waited=0
@@ -260,8 +312,8 @@ on_interrupt() {
   fi
 }
 
-# Runs a command in a directory with its output appended to a log framed by start, end and exit status.
-# Prints nothing; returns the command's exit status (143 when it was stopped).
+# Runs a command in a directory with its output appended to a log framed by start, end and exit status, and
+# shown on the terminal as it comes; returns the command's exit status (143 when it was stopped).
 run_logged() {
   local log="$1" workdir="$2"
   shift 2
@@ -275,8 +327,13 @@ run_logged() {
     echo "start: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "command: (cd ${workdir} && $(printf '%q ' "$@"))"
   } >>"${log}"
+  local offset
+  offset="$(stat -c %s "${log}")"
   (cd "${workdir}" && exec "${session[@]}" "$@") </dev/null >>"${log}" 2>&1 &
   CHILD_PID=$!
+  # tail ends by itself within 0.2 s of the command's exit.
+  tail -c "+$((offset + 1))" -f -s 0.2 --pid="${CHILD_PID}" "${log}" | sed -u 's/^/  | /' &
+  local display=$!
   wait "${CHILD_PID}" || status=$?
   if ((INTERRUPTED)); then
     stop_child "${CHILD_PID}"
@@ -284,14 +341,9 @@ run_logged() {
     wait "${CHILD_PID}" || status=$?
   fi
   CHILD_PID=""
+  wait "${display}" || true
   echo "end: $(date -u +%Y-%m-%dT%H:%M:%SZ) exit status: ${status} ($((SECONDS - started)) s)" >>"${log}"
   return "${status}"
-}
-
-# The last line the training printed, which for the demo carries the losses.
-last_output_line() {
-  local log="$1"
-  grep -v -e '^start: ' -e '^end: ' -e '^command: ' "${log}" | grep -v '^[[:space:]]*$' | tail -n 1 || true
 }
 
 print_summary() {
@@ -420,6 +472,19 @@ main() {
     check_dataset_fields "${python}" "${dataset}/meta/info.json" "${configs[@]}" || return 1
     echo "fields: ${dataset} has every field of: ${configs[*]}"
   fi
+  local -a openpi_python=("${python}")
+  if ((!demo)); then
+    read -ra openpi_python <<<"${OPENPI_PYTHON:-uv run python}"
+  fi
+  local config_list
+  config_list="$(IFS=,; echo "${configs[*]}")"
+  if ((dry_run)); then
+    echo "+ check the columns the configs read in openpi: (cd ${workdir} && ${openpi_python[*]} - ${config_list})"
+  else
+    (cd "${workdir}" && check_config_columns "${dataset}/meta/info.json" "${demo}" "${config_list}" \
+      "${openpi_python[@]}") || return 1
+    echo "columns: the dataset has every column the configs read in openpi"
+  fi
 
   if ((!dry_run)); then
     mkdir -p "${log_dir}"
@@ -488,7 +553,6 @@ main() {
     if ((status == 0)); then
       date -u +%Y-%m-%dT%H:%M:%SZ >"${log_dir}/${config}.done"
       results[i]="ok"
-      echo "  $(last_output_line "${log}")"
     else
       results[i]="FAILED (exit ${status})"
       failed=1

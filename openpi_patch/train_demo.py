@@ -1,0 +1,265 @@
+"""Train a small variant of one progress config for a few steps on the CPU: run_experiments.sh --demo's training command.
+
+    python openpi_patch/train_demo.py [--out DIR] [--steps N] [--batch-size N] [--debug] CONFIG --exp-name=NAME [--overwrite]
+
+Takes the arguments run_experiments.sh gives openpi's scripts/train.py (CONFIG --exp-name=NAME --overwrite) and runs the
+same path on the CPU: openpi from the installed package, patched in a temporary copy (openpi_patch/cpu_variants.py),
+the config with dummy gemma experts and a tiny SigLIP tower, openpi's own LeRobot data loader and transforms, the
+patched model's loss and an optax optimizer from the config. The dataset is read from
+$HF_LEROBOT_HOME/$OPENPI_ROBOTWIN_REPO_ID. Norm stats are computed here with openpi.shared.normalize (scripts/ is not
+part of the pip package) when the config has none yet.
+
+Writes under --out (default demo_output/openpi):
+    assets/CONFIG/REPO_ID/norm_stats.json        state and action statistics, as compute_norm_stats.py writes them
+    checkpoints/CONFIG/NAME/losses.json          action and aux loss per step (no parameters: nothing will load them)
+    openpi_data/big_vision/paligemma_tokenizer.model   a stand-in, only where the real tokenizer cannot be had
+Prints one line per step and ends with "CONFIG: N steps, action loss FIRST -> LAST, aux loss FIRST -> LAST".
+About a minute per config on 2 cores, most of it the one jit compilation of the training step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import socket
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import cpu_variants  # noqa: E402
+
+TOKENIZER_HOST = ("storage.googleapis.com", 443)
+NETWORK_TIMEOUT_S = 3
+# Gemma's vocabulary plus PaliGemma's <loc> and <seg> pieces: anything smaller is a stand-in.
+PALIGEMMA_VOCAB_SIZE = 257_152
+DEFAULT_STEPS = 3
+DEFAULT_BATCH_SIZE = 2
+# A short warmup and a high peak, so that a few steps show the losses move; the configs' own schedule warms up
+# over 1,000 steps.
+DEMO_PEAK_LR = 1e-3
+DEMO_END_LR = 1e-4
+NORM_STATS_KEYS = ("state", "actions")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    step: int
+    action_loss: float
+    aux_loss: float | None  # None for a config without a progress head
+    seconds: float
+
+
+def render_step(result: StepResult) -> str:
+    aux = "n/a" if result.aux_loss is None else f"{result.aux_loss:.4f}"
+    return f"step {result.step}: action loss {result.action_loss:.4f}, aux loss {aux} ({result.seconds:.1f} s)"
+
+
+def render_summary(config_name: str, results: list[StepResult]) -> str:
+    first, last = results[0], results[-1]
+    aux = "n/a" if first.aux_loss is None else f"{first.aux_loss:.4f} -> {last.aux_loss:.4f}"
+    return (
+        f"{config_name}: {len(results)} steps, action loss {first.action_loss:.4f} -> {last.action_loss:.4f}, "
+        f"aux loss {aux}"
+    )
+
+
+def openpi_data_home() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("OPENPI_DATA_HOME", cpu_variants.DEFAULT_DATA_HOME)).expanduser()
+
+
+def real_tokenizer_present(data_home: pathlib.Path) -> bool:
+    import sentencepiece
+
+    path = data_home / cpu_variants.TOKENIZER_RELPATH
+    if not path.is_file():
+        return False
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    return processor.get_piece_size() == PALIGEMMA_VOCAB_SIZE
+
+
+def tokenizer_unreachable_reason() -> str | None:
+    """Why openpi could not download the PaliGemma tokenizer from its bucket, or None when it could."""
+    try:
+        socket.create_connection(TOKENIZER_HOST, timeout=NETWORK_TIMEOUT_S).close()
+    except OSError as e:
+        return f"{TOKENIZER_HOST[0]} cannot be reached: {e}"
+    return None
+
+
+def compute_norm_stats(config) -> tuple[pathlib.Path, int]:
+    """State and action statistics after the repack and data transforms, as openpi's compute_norm_stats.py does."""
+    from openpi.shared import normalize
+    from openpi.training import data_loader
+
+    data_config = config.data.create(config.assets_dirs, config.model)
+    dataset = data_loader.create_torch_dataset(data_config, config.model.action_horizon, config.model)
+    dataset = data_loader.TransformedDataset(
+        dataset, [*data_config.repack_transforms.inputs, *data_config.data_transforms.inputs]
+    )
+    stats = {key: normalize.RunningStats() for key in NORM_STATS_KEYS}
+    for index in range(len(dataset)):
+        item = dataset[index]
+        for key in NORM_STATS_KEYS:
+            stats[key].update(np.asarray(item[key])[None])
+    directory = config.assets_dirs / data_config.asset_id
+    normalize.save(directory, {key: running.get_statistics() for key, running in stats.items()})
+    return directory / "norm_stats.json", len(dataset)
+
+
+def demo_config(name: str, out: pathlib.Path, exp_name: str, steps: int, batch_size: int):
+    from openpi.training import optimizer
+
+    config = cpu_variants.small_config(name, batch_size=batch_size)
+    return dataclasses.replace(
+        config,
+        exp_name=exp_name,
+        assets_base_dir=str(out / "assets"),
+        checkpoint_base_dir=str(out / "checkpoints"),
+        num_train_steps=steps,
+        lr_schedule=optimizer.CosineDecaySchedule(
+            warmup_steps=1, peak_lr=DEMO_PEAK_LR, decay_steps=steps + 1, decay_lr=DEMO_END_LR
+        ),
+        wandb_enabled=False,
+    )
+
+
+def make_train_step(config, model):
+    """The jitted step: one gradient step on the total loss; returns the action and aux losses apart for logging."""
+    import flax.nnx as nnx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from openpi.training import optimizer
+
+    tx = optimizer.create_optimizer(config.optimizer, config.lr_schedule)
+    graphdef, state = nnx.split(model)
+    trainable = config.trainable_filter
+    opt_state = tx.init(state.filter(trainable))
+    progress = getattr(config.model, "progress", None)
+
+    def losses(model, rng, observation, actions):
+        total = jnp.mean(model.compute_loss(rng, observation, actions, train=True))
+        if progress is None:
+            return total, (total, jnp.zeros(()))
+        # Same rng as compute_loss, so this is the aux loss inside it; XLA shares the prefix pass between the two.
+        aux = jnp.mean(model.compute_progress_loss(rng, observation, train=True))
+        return total, (total - progress.loss_weight * aux, aux)
+
+    @jax.jit
+    def step(state, opt_state, rng, observation, actions):
+        model = nnx.merge(graphdef, state)
+        model.train()
+        value_and_grad = nnx.value_and_grad(losses, argnums=nnx.DiffState(0, trainable), has_aux=True)
+        (_, (action_loss, aux_loss)), grads = value_and_grad(model, rng, observation, actions)
+        params = state.filter(trainable)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        nnx.update(model, optax.apply_updates(params, updates))
+        return nnx.state(model), opt_state, action_loss, aux_loss
+
+    return step, state, opt_state
+
+
+def train(config, steps: int) -> list[StepResult]:
+    import jax
+
+    from openpi.training import data_loader
+
+    # One device and no mesh, as for the parameters: a batch on openpi's default mesh would give the updated
+    # parameters a sharding the first step did not see, and a second compilation.
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    loader = data_loader.create_data_loader(config, sharding=sharding, shuffle=True, num_batches=steps)
+    with cpu_variants.tiny_siglip():
+        model = config.model.create(jax.random.key(config.seed))
+    step, state, opt_state = make_train_step(config, model)
+    # Committed to the device like the step's outputs, so the second step reuses the first one's compilation.
+    state, opt_state = jax.device_put((state, opt_state), sharding)
+    has_aux = getattr(config.model, "progress", None) is not None
+    rng = jax.random.key(config.seed + 1)
+    results = []
+    for index, (observation, actions) in enumerate(loader):
+        started = time.monotonic()
+        state, opt_state, action_loss, aux_loss = step(state, opt_state, jax.random.fold_in(rng, index), observation, actions)
+        result = StepResult(
+            step=index + 1,
+            action_loss=float(action_loss),
+            aux_loss=float(aux_loss) if has_aux else None,
+            seconds=time.monotonic() - started,
+        )
+        print(render_step(result), flush=True)
+        results.append(result)
+    return results
+
+
+def write_losses(checkpoint_dir: pathlib.Path, results: list[StepResult]) -> pathlib.Path:
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_dir / "losses.json"
+    fd, scratch = tempfile.mkstemp(prefix=".losses.", dir=checkpoint_dir)
+    with os.fdopen(fd, "w") as f:
+        json.dump([dataclasses.asdict(result) for result in results], f, indent=1)
+    os.replace(scratch, path)
+    return path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config", choices=cpu_variants.EXPERIMENT_CONFIGS, help="the openpi config to train")
+    parser.add_argument("--exp-name", required=True, help="experiment name, as for openpi's train.py")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run of this experiment")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("demo_output/openpi"), help="output folder")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="examples per step")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1:
+        parser.error("--steps and --batch-size must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.out.resolve()
+    try:
+        with tempfile.TemporaryDirectory(prefix="openpi-patched.") as site:
+            cpu_variants.use_patched_openpi(pathlib.Path(site))
+            import jax
+
+            # Re-runs of the demo skip the compilations that dominate its time.
+            jax.config.update("jax_compilation_cache_dir", str(out / "jax_cache"))
+            if real_tokenizer_present(openpi_data_home()):
+                print(f"tokenizer: PaliGemma's, from {openpi_data_home()}")
+            elif (reason := tokenizer_unreachable_reason()) is not None:
+                os.environ["OPENPI_DATA_HOME"] = str(out / "openpi_data")
+                path = cpu_variants.write_stand_in_tokenizer(out / "openpi_data")
+                print(f"tokenizer: the real PaliGemma tokenizer cannot be downloaded ({reason}); "
+                      f"using a small stand-in SentencePiece model, {path}")
+            config = demo_config(args.config, out, args.exp_name, args.steps, args.batch_size)
+            if config.checkpoint_dir.exists() and not args.overwrite:
+                print(f"train_demo.py: {config.checkpoint_dir} exists; --overwrite replaces it", file=sys.stderr)
+                return 1
+            data_config = config.data.create(config.assets_dirs, config.model)
+            if data_config.norm_stats is None:
+                path, frames = compute_norm_stats(config)
+                print(f"norm stats: {frames} frames -> {path}")
+            results = train(config, args.steps)
+            if config.checkpoint_dir.exists():
+                shutil.rmtree(config.checkpoint_dir)
+            print(f"losses: {write_losses(config.checkpoint_dir, results)}")
+            print(render_summary(config.name, results), flush=True)
+    except Exception as e:  # noqa: BLE001 - one line per error unless --debug, as every tool here does
+        if args.debug:
+            raise
+        print(f"train_demo.py: {args.config}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

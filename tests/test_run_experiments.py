@@ -1,0 +1,337 @@
+"""run_experiments.sh: the launcher's order, failure handling and preflight, with stand-ins for openpi's scripts,
+and the CPU demo end to end with the real converter, data loader, patched model and optax."""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+LAUNCHER = REPO_ROOT / "run_experiments.sh"
+PROGRESS_CONFIGS = [
+    "pi05_robotwin_progress_lasttoken_time",
+    "pi05_robotwin_progress_lasttoken_distance",
+    "pi05_robotwin_progress_specialtoken_time",
+    "pi05_robotwin_progress_specialtoken_distance",
+]
+BASELINE = "pi05_robotwin_baseline"
+REPO_ID = "robotwin/place_dual_shoes"
+# What the converter declares (the interface fixed for issues 5 and 7).
+FEATURES = {
+    "observation.state": {"dtype": "float32", "shape": [14]},
+    "action": {"dtype": "float32", "shape": [14]},
+    "observation.images.cam_high": {"dtype": "image", "shape": [240, 320, 3]},
+    "observation.images.cam_left_wrist": {"dtype": "image", "shape": [240, 320, 3]},
+    "observation.images.cam_right_wrist": {"dtype": "image", "shape": [240, 320, 3]},
+    "manip_progress_time": {"dtype": "float32", "shape": [1]},
+    "manip_progress_distance_left": {"dtype": "float32", "shape": [1]},
+    "manip_progress_distance_right": {"dtype": "float32", "shape": [1]},
+    "target_endpose": {"dtype": "float32", "shape": [14]},
+    "target_joint": {"dtype": "float32", "shape": [14]},
+}
+# Records each call; fails for the configs named in FAIL_CONFIGS; sleeps TRAIN_SLEEP seconds.
+FAKE_TRAIN = """#!/usr/bin/env bash
+echo "train $*" >>"${CALLS}"
+echo "training $1"
+case " ${FAIL_CONFIGS:-} " in *" $1 "*) echo "diverged"; exit 3 ;; esac
+sleep "${TRAIN_SLEEP:-0}"
+echo "trained $1"
+"""
+FAKE_NORM_STATS = """#!/usr/bin/env bash
+echo "norm_stats $*" >>"${CALLS}"
+"""
+FAKE_NVIDIA_SMI = """#!/usr/bin/env bash
+echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-00000000-0000-0000-0000-000000000000)"
+"""
+
+
+def write_executable(path: pathlib.Path, text: str) -> pathlib.Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def write_dataset_info(lerobot_home: pathlib.Path, drop: tuple[str, ...] = ()) -> pathlib.Path:
+    meta = lerobot_home / REPO_ID / "meta"
+    meta.mkdir(parents=True, exist_ok=True)
+    features = {name: spec for name, spec in FEATURES.items() if name not in drop}
+    info = {"codebase_version": "v2.1", "fps": 50, "total_episodes": 1, "total_frames": 40, "features": features}
+    (meta / "info.json").write_text(json.dumps(info))
+    return meta / "info.json"
+
+
+def copy_installed_openpi(checkout: pathlib.Path) -> pathlib.Path:
+    installed = pathlib.Path(next(iter(importlib.util.find_spec("openpi").submodule_search_locations)))
+    (checkout / "scripts").mkdir(parents=True)
+    (checkout / "scripts" / "train.py").write_text("")
+    shutil.copytree(installed, checkout / "src" / "openpi", ignore=shutil.ignore_patterns("__pycache__"))
+    return checkout
+
+
+@pytest.fixture(scope="module")
+def patched_checkout(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """An openpi checkout (the installed package's source under src/openpi) with the progress patch applied."""
+    checkout = copy_installed_openpi(tmp_path_factory.mktemp("openpi"))
+    subprocess.run([sys.executable, REPO_ROOT / "openpi_patch" / "apply.py", checkout], check=True, capture_output=True)
+    return checkout
+
+
+@pytest.fixture
+def lab(tmp_path: pathlib.Path, patched_checkout: pathlib.Path) -> dict:
+    """Environment for a launcher run on a GPU machine, with stand-ins for nvidia-smi and openpi's two scripts."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_executable(bin_dir / "nvidia-smi", FAKE_NVIDIA_SMI)
+    root = tmp_path / "data" / "place_dual_shoes" / "demo_clean"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "episode0.hdf5").write_bytes(b"")
+    lerobot_home = tmp_path / "lerobot"
+    write_dataset_info(lerobot_home)
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        OPENPI_DIR=str(patched_checkout),
+        PYTHON=sys.executable,
+        HF_LEROBOT_HOME=str(lerobot_home),
+        TRAIN_CMD=f"bash {write_executable(tmp_path / 'train.sh', FAKE_TRAIN)}",
+        NORM_STATS_CMD=f"bash {write_executable(tmp_path / 'norm_stats.sh', FAKE_NORM_STATS)}",
+        # Asking openpi's configs for their columns costs ten seconds of imports; two tests below do it for real.
+        OPENPI_PYTHON="true",
+        CALLS=str(tmp_path / "calls.txt"),
+    )
+    args = ["--root", str(root), "--log-dir", str(tmp_path / "logs")]
+    return {"env": env, "args": args, "calls": tmp_path / "calls.txt", "logs": tmp_path / "logs", "tmp": tmp_path}
+
+
+def run_launcher(lab: dict, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(LAUNCHER), *lab["args"], *args],
+        env={**lab["env"], **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def trained(lab: dict) -> list[str]:
+    if not lab["calls"].exists():
+        return []
+    return [line.split()[1] for line in lab["calls"].read_text().splitlines() if line.startswith("train ")]
+
+
+def summary_rows(stdout: str) -> dict[str, str]:
+    """config -> result, read from the summary table that closes every run."""
+    rows = {}
+    for line in stdout[stdout.rindex("config ") :].splitlines()[1:]:
+        match = re.match(r"(pi05_\w+)\s+(.+?)\s{2,}", line)
+        if match:
+            rows[match.group(1)] = match.group(2)
+    return rows
+
+
+def test_dry_run_prints_the_four_configs_then_the_baseline_in_order(lab: dict) -> None:
+    result = run_launcher(lab, "--dry-run", "--with-baseline")
+
+    assert result.returncode == 0, result.stderr
+    train_lines = [line for line in result.stdout.splitlines() if "scripts/train.py" in line or "train.sh" in line]
+    assert [re.search(r"(pi05_\w+) --exp-name=", line).group(1) for line in train_lines] == [
+        *PROGRESS_CONFIGS,
+        BASELINE,
+    ]
+    assert all("--overwrite" in line and "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9" in line for line in train_lines)
+    assert "--verify" in next(line for line in result.stdout.splitlines() if "convert_robotwin" in line)
+    assert not lab["calls"].exists()
+    assert not lab["logs"].exists()
+
+
+def test_dry_run_keeps_the_order_given_to_configs(lab: dict) -> None:
+    chosen = [PROGRESS_CONFIGS[3], PROGRESS_CONFIGS[0]]
+
+    result = run_launcher(lab, "--dry-run", "--configs", ",".join(chosen))
+
+    assert result.returncode == 0, result.stderr
+    assert re.findall(r"(pi05_\w+) --exp-name=", result.stdout) == chosen
+
+
+def test_unknown_flag_and_unknown_config_are_usage_errors(lab: dict) -> None:
+    assert run_launcher(lab, "--keepgoing").returncode == 2
+    result = run_launcher(lab, "--configs", "pi05_robotwin_progress_lasttoken_tim")
+    assert result.returncode == 2
+    assert "pi05_robotwin_progress_lasttoken_tim" in result.stderr
+
+
+def test_norm_stats_come_before_the_first_training(lab: dict) -> None:
+    result = run_launcher(lab)
+
+    assert result.returncode == 0, result.stderr
+    calls = [line.split()[0] for line in lab["calls"].read_text().splitlines()]
+    assert calls == ["norm_stats"] * 4 + ["train"] * 4
+
+
+def test_a_failed_config_stops_the_sequence(lab: dict) -> None:
+    result = run_launcher(lab, FAIL_CONFIGS=PROGRESS_CONFIGS[1])
+
+    assert result.returncode == 1
+    assert trained(lab) == PROGRESS_CONFIGS[:2]
+    rows = summary_rows(result.stdout)
+    assert rows[PROGRESS_CONFIGS[0]] == "ok"
+    assert rows[PROGRESS_CONFIGS[1]] == "FAILED (exit 3)"
+    assert rows[PROGRESS_CONFIGS[2]] == rows[PROGRESS_CONFIGS[3]] == "not run"
+
+
+def test_keep_going_trains_the_rest_after_a_failure(lab: dict) -> None:
+    result = run_launcher(lab, "--keep-going", FAIL_CONFIGS=PROGRESS_CONFIGS[1])
+
+    assert result.returncode == 1
+    assert trained(lab) == PROGRESS_CONFIGS
+    assert list(summary_rows(result.stdout).values()) == ["ok", "FAILED (exit 3)", "ok", "ok"]
+
+
+def test_a_rerun_skips_finished_configs_and_force_repeats_them(lab: dict) -> None:
+    run_launcher(lab, FAIL_CONFIGS=PROGRESS_CONFIGS[1])
+    lab["calls"].unlink()
+
+    rerun = run_launcher(lab)
+    rerun_trained = trained(lab)
+    lab["calls"].unlink()
+    forced = run_launcher(lab, "--force")
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun_trained == PROGRESS_CONFIGS[1:]
+    assert summary_rows(rerun.stdout)[PROGRESS_CONFIGS[0]] == "skipped (finished)"
+    assert forced.returncode == 0, forced.stderr
+    assert trained(lab) == PROGRESS_CONFIGS
+
+
+def test_each_config_log_has_start_end_and_exit_status(lab: dict) -> None:
+    run_launcher(lab, "--keep-going", FAIL_CONFIGS=PROGRESS_CONFIGS[0])
+
+    failed = (lab["logs"] / f"{PROGRESS_CONFIGS[0]}.log").read_text()
+    passed = (lab["logs"] / f"{PROGRESS_CONFIGS[1]}.log").read_text()
+    assert re.search(r"^start: \d{4}-\d\d-\d\dT", failed, re.M)
+    assert "diverged" in failed
+    assert re.search(r"^end: .* exit status: 3 ", failed, re.M)
+    assert f"trained {PROGRESS_CONFIGS[1]}" in passed
+    assert re.search(r"^end: .* exit status: 0 ", passed, re.M)
+
+
+def test_preflight_names_a_missing_progress_field_before_any_work(lab: dict) -> None:
+    write_dataset_info(pathlib.Path(lab["env"]["HF_LEROBOT_HOME"]), drop=("manip_progress_distance_left",))
+
+    result = run_launcher(lab)
+
+    assert result.returncode == 1
+    problem = next(line for line in result.stderr.splitlines() if "manip_progress_distance_left" in line)
+    assert "missing field" in problem
+    assert PROGRESS_CONFIGS[1] in problem and PROGRESS_CONFIGS[3] in problem
+    assert PROGRESS_CONFIGS[0] not in problem
+    assert not lab["calls"].exists()
+
+
+def test_preflight_rejects_a_wrong_shape(lab: dict) -> None:
+    info = write_dataset_info(pathlib.Path(lab["env"]["HF_LEROBOT_HOME"]))
+    description = json.loads(info.read_text())
+    description["features"]["observation.state"]["shape"] = [16]
+    info.write_text(json.dumps(description))
+
+    result = run_launcher(lab, "--configs", BASELINE)
+
+    assert result.returncode == 1
+    assert "field observation.state has shape (16), wanted (14)" in result.stderr
+    assert not lab["calls"].exists()
+
+
+def openpi_python(lab: dict) -> dict:
+    """Environment in which OPENPI_PYTHON imports the patched checkout's openpi, as `uv run python` would."""
+    return {"OPENPI_PYTHON": sys.executable, "PYTHONPATH": str(pathlib.Path(lab["env"]["OPENPI_DIR"]) / "src")}
+
+
+def test_preflight_accepts_the_columns_the_patched_configs_read(lab: dict) -> None:
+    result = run_launcher(lab, **openpi_python(lab))
+
+    assert result.returncode == 0, result.stderr
+    assert "every column the configs read" in result.stdout
+
+
+def test_preflight_names_a_column_a_config_reads_beyond_its_own_fields(lab: dict) -> None:
+    # The baseline trains without progress, but the shared repack transform still reads the progress columns.
+    write_dataset_info(pathlib.Path(lab["env"]["HF_LEROBOT_HOME"]), drop=("manip_progress_time",))
+
+    result = run_launcher(lab, "--configs", BASELINE, **openpi_python(lab))
+
+    assert result.returncode == 1
+    assert f"{BASELINE} reads the column 'manip_progress_time' (repack)" in result.stderr
+    assert not lab["calls"].exists()
+
+
+def test_preflight_rejects_an_unpatched_openpi(lab: dict) -> None:
+    pristine = copy_installed_openpi(lab["tmp"] / "pristine")
+
+    result = run_launcher(lab, OPENPI_DIR=str(pristine))
+
+    assert result.returncode == 1
+    assert "not applied" in result.stderr
+    assert not lab["calls"].exists()
+
+
+def test_preflight_needs_a_visible_gpu(lab: dict) -> None:
+    write_executable(lab["tmp"] / "bin" / "nvidia-smi", "#!/usr/bin/env bash\nexit 9\n")
+
+    result = run_launcher(lab)
+
+    assert result.returncode == 1
+    assert "no GPU visible" in result.stderr
+    assert not lab["calls"].exists()
+
+
+def test_interrupt_stops_the_current_training_and_names_what_remains(lab: dict) -> None:
+    launcher = subprocess.Popen(
+        ["bash", str(LAUNCHER), *lab["args"]],
+        env={**lab["env"], "TRAIN_SLEEP": "120"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = lab["logs"] / f"{PROGRESS_CONFIGS[0]}.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "training" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    launcher.send_signal(signal.SIGINT)
+    stdout, _ = launcher.communicate(timeout=60)
+
+    assert launcher.returncode == 130
+    assert f"configs that remain: {' '.join(PROGRESS_CONFIGS)}" in stdout
+    assert summary_rows(stdout)[PROGRESS_CONFIGS[0]] == "interrupted"
+    assert re.search(r"^end: .* exit status: 143 ", log.read_text(), re.M)
+    assert trained(lab) == PROGRESS_CONFIGS[:1]
+
+
+@pytest.mark.slow
+def test_demo_trains_every_config_on_the_cpu_and_prints_both_losses(tmp_path: pathlib.Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key not in ("TRAIN_CMD", "NORM_STATS_CMD")}
+
+    result = subprocess.run(
+        ["bash", str(LAUNCHER), "--demo", "--out", str(tmp_path / "demo"), "--steps", "2"],
+        env={**env, "OPENPI_DATA_HOME": str(tmp_path / "openpi-data")},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert list(summary_rows(result.stdout).values()) == ["ok"] * 4
+    for config in PROGRESS_CONFIGS:
+        line = next(line for line in result.stdout.splitlines() if re.search(rf"\b{config}: \d+ steps, ", line))
+        losses = dict(re.findall(r"(action loss|aux loss) (\S+)", line))
+        assert set(losses) == {"action loss", "aux loss"}, line
+        assert all(math.isfinite(float(value)) for value in losses.values()), line
