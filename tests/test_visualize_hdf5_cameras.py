@@ -259,16 +259,20 @@ def test_existing_video_is_skipped_unless_overwrite(demo_clean, tmp_path, capsys
 
 
 def test_encoder_crash_leaves_no_partial_file(demo_clean, tmp_path, monkeypatch, capsys):
-    written = []
+    written, partial_at_crash = [], []
+    real_write = vis.H264Writer.write
 
     def failing_write(self, rgb):
         written.append(rgb)
-        if len(written) == 10:
+        if len(written) == FRAMES - 5:
+            partial_at_crash.extend(temporary_files(tmp_path))
             raise OSError("No space left on device")
+        real_write(self, rgb)
 
     monkeypatch.setattr(vis.H264Writer, "write", failing_write)
     assert vis.main(["--root", str(demo_clean / "data"), "--out", str(tmp_path), "--episodes", "0", "--workers", "1"]) == 1
     assert "No space left on device" in capsys.readouterr().err
+    assert partial_at_crash == [".episode0" + vis.TEMP_SUFFIX]  # the encoder had started writing its file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html"]
 
 

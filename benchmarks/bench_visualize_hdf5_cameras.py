@@ -1,0 +1,189 @@
+"""Benchmark visualize_hdf5_cameras.py against a naive baseline and the JPEG-decoding floor, all in the same run.
+
+    python benchmarks/bench_visualize_hdf5_cameras.py                       # 50 episodes x ~224 frames in a temp dir
+    python benchmarks/bench_visualize_hdf5_cameras.py --cache /tmp/bench_vis --workers 2
+
+Generates the sample episodes with generate_robotwin_samples.py (kept in --cache between runs), then measures, one
+after the other on the same episodes:
+  floor       one process decodes every JPEG once and does nothing else;
+  floor xN    the same split over N processes (what N cores could decode at best);
+  naive       one process, episode after episode: per-frame reads, decode, numpy grid, cv2.putText labels, cv2 'mp4v';
+  tool        visualize_hdf5_cameras.py as a user runs it (subprocess, --workers N, H.264).
+Prints seconds, recorded frames per second, the ratios the issue asks for (tool / naive, floor / tool) and output
+sizes. Other work on the machine shifts all figures; the ratios come from one run, so they are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import resource
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import cv2
+import h5py
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import generate_robotwin_samples  # noqa: E402
+
+TOOL = REPO_ROOT / "visualize_hdf5_cameras.py"
+GRID = ("front_camera", "head_camera", "left_camera", "right_camera")
+FRAME_WIDTH, FRAME_HEIGHT = 640, 480
+FPS = 30
+PARAMS_FILE = "bench_params.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    name: str
+    seconds: float
+    cpu_seconds: float  # user + system of this process and its finished children: less sensitive to other load
+    frames: int
+    output_bytes: int | None = None
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds
+
+
+def cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def ensure_samples(cache: pathlib.Path, episodes: int, frames: int, jitter: int, workers: int) -> pathlib.Path:
+    """The data/ folder of the benchmark episodes, generated unless the cache already holds the same ones."""
+    params = {"episodes": episodes, "frames": frames, "length_jitter": jitter, "seed": 0}
+    stamp = cache / PARAMS_FILE
+    demo_clean = cache / generate_robotwin_samples.TASK_NAME / "demo_clean"
+    if not (stamp.exists() and json.loads(stamp.read_text()) == params):
+        print(f"generating {episodes} episodes x ~{frames} frames into {cache} ...", flush=True)
+        demo_clean = generate_robotwin_samples.write_demo_clean(cache, episodes, frames, 0, jitter, workers)
+        stamp.write_text(json.dumps(params))
+    return demo_clean / "data"
+
+
+def episode_files(data: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(data.glob("episode*.hdf5"), key=lambda path: int(path.stem.removeprefix("episode")))
+
+
+def decode_episode(path: pathlib.Path) -> int:
+    """The floor's work for one episode: every JPEG decoded once. Returns the number of recorded frames."""
+    with h5py.File(path, "r") as f:
+        for camera in GRID:
+            for jpeg in f[f"observation/{camera}/rgb"][()]:
+                cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        return f[f"observation/{GRID[0]}/rgb"].shape[0]
+
+
+def measure_floor(files: list[pathlib.Path], workers: int) -> Measurement:
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    if workers == 1:
+        frames = sum(decode_episode(path) for path in files)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            frames = sum(pool.map(decode_episode, files))
+    name = "floor (decode only, 1 process)" if workers == 1 else f"floor (decode only, {workers} processes)"
+    return Measurement(name, time.perf_counter() - start, cpu_seconds() - cpu_start, frames)
+
+
+def naive_episode(path: pathlib.Path, video: pathlib.Path) -> int:
+    """What a first script does: read frame by frame, decode, paste into a grid, label, write with OpenCV."""
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (FRAME_WIDTH, FRAME_HEIGHT))
+    with h5py.File(path, "r") as f:
+        length = f[f"observation/{GRID[0]}/rgb"].shape[0]
+        for t in range(length):
+            canvas = np.zeros((FRAME_HEIGHT, FRAME_WIDTH, 3), np.uint8)
+            for index, camera in enumerate(GRID):
+                image = cv2.imdecode(np.frombuffer(f[f"observation/{camera}/rgb"][t], np.uint8), cv2.IMREAD_COLOR)
+                x, y = (index % 2) * FRAME_WIDTH // 2, (index // 2) * FRAME_HEIGHT // 2
+                canvas[y : y + FRAME_HEIGHT // 2, x : x + FRAME_WIDTH // 2] = image
+                cv2.putText(canvas, camera, (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+            caption = f"{path.stem}  frame {t}/{length - 1}"
+            cv2.putText(canvas, caption, (230, 470), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+            writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return length
+
+
+def measure_naive(files: list[pathlib.Path], out: pathlib.Path) -> Measurement:
+    out.mkdir(parents=True)
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    frames = sum(naive_episode(path, out / f"{path.stem}.mp4") for path in files)
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+    return Measurement("naive (1 process, per-frame reads, cv2 mp4v)", seconds, cpu, frames, folder_bytes(out))
+
+
+def measure_tool(data: pathlib.Path, out: pathlib.Path, workers: int, frames: int) -> Measurement:
+    command = [sys.executable, str(TOOL), "--root", str(data), "--out", str(out), "--workers", str(workers)]
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    completed = subprocess.run(command, capture_output=True, text=True)
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+    if completed.returncode != 0:
+        raise RuntimeError(f"{TOOL.name} exited with {completed.returncode}: {completed.stderr.strip()[-500:]}")
+    return Measurement(f"tool ({workers} workers, H.264)", seconds, cpu, frames, folder_bytes(out, "*.mp4"))
+
+
+def folder_bytes(folder: pathlib.Path, pattern: str = "*") -> int:
+    return sum(path.stat().st_size for path in folder.glob(pattern))
+
+
+def render_report(rows: list[Measurement], naive: Measurement, floor: Measurement, tool: Measurement, episodes: int) -> str:
+    lines = [f"{'method':48} {'seconds':>8} {'frames/s':>9} {'CPU s':>7} {'output MB':>10}"]
+    for row in rows:
+        size = f"{row.output_bytes / 1e6:10.1f}" if row.output_bytes is not None else f"{'-':>10}"
+        lines.append(f"{row.name:48} {row.seconds:8.1f} {row.fps:9.0f} {row.cpu_seconds:7.1f} {size}")
+    lines += [
+        f"tool / naive baseline:  {tool.fps / naive.fps:.2f}x  (goal: at least 1.8x)",
+        f"floor / tool:           {floor.fps / tool.fps:.2f}x  (goal: at most 2x)",
+        f"CPU seconds per frame:  tool {tool.cpu_seconds / tool.frames * 1e3:.2f} ms, naive "
+        f"{naive.cpu_seconds / naive.frames * 1e3:.2f} ms, floor {floor.cpu_seconds / floor.frames * 1e3:.2f} ms "
+        f"(wall-clock ratios move with other load on the machine; these move less)",
+        f"output per episode:     tool {tool.output_bytes / episodes / 1e6:.2f} MB (H.264), "
+        f"naive {naive.output_bytes / episodes / 1e6:.2f} MB (mp4v)",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=pathlib.Path, metavar="DIR", help="keeps the generated episodes between runs (default: a temp dir)")
+    parser.add_argument("--episodes", type=int, default=50, metavar="N", help="episodes (default 50)")
+    parser.add_argument("--frames", type=int, default=224, metavar="N", help="frames per episode (default 224)")
+    parser.add_argument("--length-jitter", type=int, default=8, metavar="N", help="episode length varies by up to N (default 8)")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), metavar="N", help="tool workers (default: CPU count)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench_vis_") as scratch:
+        cache = args.cache if args.cache is not None else pathlib.Path(scratch) / "samples"
+        data = ensure_samples(cache, args.episodes, args.frames, args.length_jitter, args.workers)
+        files = episode_files(data)
+        print(f"{len(files)} episodes in {data}; {os.cpu_count()} CPUs; measuring ...", flush=True)
+        floor = measure_floor(files, 1)
+        rows = [floor]
+        if args.workers > 1:
+            rows.append(measure_floor(files, args.workers))
+        naive = measure_naive(files, pathlib.Path(scratch) / "naive")
+        tool = measure_tool(data, pathlib.Path(scratch) / "tool", args.workers, floor.frames)
+        rows += [naive, tool]
+        print(render_report(rows, naive, floor, tool, len(files)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
