@@ -11,12 +11,13 @@ uses OpenCV's writer instead. <out>/index.html lists every episode of the root w
 "seen" instruction (from ../instructions/episode{N}.json). The default <out> is camera_videos/ beside data/; the
 path is printed at the end.
 
-Existing videos are kept unless --overwrite. Each video is written under a hidden temporary name (.episode{N}.partial.mp4)
-and renamed when complete, so Ctrl-C or a crash never leaves a partial episode{N}.mp4 (a killed run's hidden file
-is replaced by the next run). A corrupt JPEG becomes a marked placeholder frame and a missing camera a labelled
-placeholder tile, each with a warning; an unreadable HDF5 file is reported in one line while the other episodes finish.
+Existing videos are kept unless --overwrite. Each video is written under a hidden temporary name
+(.episode{N}.partial.mp4) and renamed when complete, so Ctrl-C or a crash never leaves a partial episode{N}.mp4
+(a killed run's hidden file is replaced by the next run). A corrupt JPEG becomes a marked placeholder frame and a
+missing camera a labelled placeholder tile, each with a warning; an unreadable HDF5 file is reported in one line
+while the other episodes finish.
 Exit status: 0 all written or skipped, 1 some episode failed, 2 usage error, 130 interrupted.
-Speed: about 1 s per 224-frame episode per core.
+Speed: about 1.5 CPU-seconds per 224-frame episode; episodes run in parallel, one per CPU.
 """
 
 from __future__ import annotations
@@ -207,7 +208,9 @@ def inspect_episode(number: int, path: pathlib.Path, data_dir: pathlib.Path) -> 
     except (OSError, ValueError) as error:
         return EpisodeInfo(name, number, path, instruction=instruction, error=f"{path}: unreadable HDF5 file ({error})")
     if not cameras:
-        return EpisodeInfo(name, number, path, instruction=instruction, error=f"{path}: no observation/<camera>/rgb datasets")
+        return EpisodeInfo(
+            name, number, path, instruction=instruction, error=f"{path}: no observation/<camera>/rgb datasets"
+        )
     return EpisodeInfo(name, number, path, tuple(cameras), max(lengths), instruction)
 
 
@@ -321,7 +324,9 @@ class H264Writer:
         # faststart puts the index first, so a browser starts playing before the whole file has loaded.
         self.container = av.open(str(path), "w", format="mp4", container_options={"movflags": "+faststart"})
         try:
-            self.stream = self.container.add_stream("libx264", rate=fps, options={"preset": X264_PRESET, "crf": str(crf)})
+            self.stream = self.container.add_stream(
+                "libx264", rate=fps, options={"preset": X264_PRESET, "crf": str(crf)}
+            )
             self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
             context = self.stream.codec_context
             context.thread_count = threads
@@ -424,7 +429,9 @@ def encode_episode(job: Job, temp: pathlib.Path) -> tuple[int, list[str]]:
     finally:
         writer.close()
     for camera, frames in corrupt.items():
-        warnings.append(f"{episode.name}: {camera}: corrupt or missing JPEG at {describe_frames(frames)}, drawn as placeholder")
+        warnings.append(
+            f"{episode.name}: {camera}: corrupt or missing JPEG at {describe_frames(frames)}, drawn as placeholder"
+        )
     return episode.length, warnings
 
 
@@ -441,7 +448,7 @@ def render_episode(job: Job) -> Result:
                 os.replace(temp, job.video)
             finally:
                 temp.unlink(missing_ok=True)
-    except Exception as error:  # one bad episode must not stop the others: report it and go on
+    except Exception as error:  # noqa: BLE001 - one bad episode must not stop the others: report it and go on
         detail = traceback.format_exc() if job.debug else f"{type(error).__name__}: {error}"
         return Result(name, "failed", error=f"{job.episode.path}: {detail}".rstrip())
     return Result(name, "written", frames, job.video.stat().st_size, tuple(warnings))
@@ -467,7 +474,9 @@ def render_summary(results: list[Result], elapsed: float, out: pathlib.Path) -> 
     )
 
 
-def render_index(episodes: list[EpisodeInfo], out: pathlib.Path, fps: fractions.Fraction, errors: dict[str, str]) -> str:
+def render_index(
+    episodes: list[EpisodeInfo], out: pathlib.Path, fps: fractions.Fraction, errors: dict[str, str]
+) -> str:
     """index.html: every episode of the root with its video (if there is one), length and first seen instruction."""
     cards = []
     for episode in episodes:
@@ -482,13 +491,14 @@ def render_index(episodes: list[EpisodeInfo], out: pathlib.Path, fps: fractions.
             src = html.escape(urllib.parse.quote(video.name))
             media = f'<video controls muted preload="metadata" src="{src}"></video>'
         else:
-            media = f'<p class="error">no video: {html.escape(errors.get(episode.name) or episode.error or "not rendered yet")}</p>'
+            reason = errors.get(episode.name) or episode.error or "not rendered yet"
+            media = f'<p class="error">no video: {html.escape(reason)}</p>'
         cards.append(
             f'<section id="{name}">\n<h2>{name}</h2>\n{media}\n<p class="meta">{html.escape(length)}</p>\n'
             f'<p class="instruction">{instruction}</p>\n</section>'
         )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Episodes</title>\n<style>\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Episodes</title>\n<style>\n'
         "body { font-family: sans-serif; margin: 1em; }\n"
         "main { display: flex; flex-wrap: wrap; gap: 1em; }\n"
         "section { width: 480px; }\n video { width: 100%; }\n h2 { font-size: 1em; margin: 0.2em 0; }\n"
@@ -515,14 +525,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--root", type=pathlib.Path, required=True, metavar="DIR", help="the data/ folder of episode*.hdf5 (or demo_clean above it)")
-    parser.add_argument("--out", type=pathlib.Path, metavar="DIR", help=f"where videos and index.html go (default: {DEFAULT_OUT_NAME}/ beside data/)")
-    parser.add_argument("--episodes", type=parse_episode_spec, metavar="SPEC", help="episode numbers to render, e.g. 0-9,12 (default: all)")
-    parser.add_argument("--size", type=parse_size, default=(640, 480), metavar="WxH", help="video frame size (default 640x480)")
-    parser.add_argument("--fps", type=fractions.Fraction, default=fractions.Fraction(30), metavar="N", help="frames per second of the video (default 30)")
-    parser.add_argument("--codec", choices=sorted(WRITERS), default="h264", help="h264 (PyAV, default) or mp4v (OpenCV writer)")
-    parser.add_argument("--crf", type=int, default=DEFAULT_CRF, metavar="N", help=f"H.264 quality, lower is better and bigger (default {DEFAULT_CRF})")
-    parser.add_argument("--workers", type=int, default=available_cpus(), metavar="N", help="episodes rendered in parallel (default: CPU count)")
+    parser.add_argument(
+        "--root",
+        type=pathlib.Path,
+        required=True,
+        metavar="DIR",
+        help="the data/ folder of episode*.hdf5 (or demo_clean above it)",
+    )
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        metavar="DIR",
+        help=f"where videos and index.html go (default: {DEFAULT_OUT_NAME}/ beside data/)",
+    )
+    parser.add_argument(
+        "--episodes",
+        type=parse_episode_spec,
+        metavar="SPEC",
+        help="episode numbers to render, e.g. 0-9,12 (default: all)",
+    )
+    parser.add_argument(
+        "--size", type=parse_size, default=(640, 480), metavar="WxH", help="video frame size (default 640x480)"
+    )
+    parser.add_argument(
+        "--fps",
+        type=fractions.Fraction,
+        default=fractions.Fraction(30),
+        metavar="N",
+        help="frames per second of the video (default 30)",
+    )
+    parser.add_argument(
+        "--codec", choices=sorted(WRITERS), default="h264", help="h264 (PyAV, default) or mp4v (OpenCV writer)"
+    )
+    parser.add_argument(
+        "--crf",
+        type=int,
+        default=DEFAULT_CRF,
+        metavar="N",
+        help=f"H.264 quality, lower is better and bigger (default {DEFAULT_CRF})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=available_cpus(),
+        metavar="N",
+        help="episodes rendered in parallel (default: CPU count)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing videos (default: skip them)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
@@ -590,7 +638,9 @@ def run_jobs(jobs: list[Job], workers: int, progress: Progress) -> list[Result]:
     return results
 
 
-def select_files(files: list[tuple[int, pathlib.Path]], wanted: frozenset[int] | None) -> tuple[set[pathlib.Path], list[int]]:
+def select_files(
+    files: list[tuple[int, pathlib.Path]], wanted: frozenset[int] | None
+) -> tuple[set[pathlib.Path], list[int]]:
     """Paths selected by --episodes (all when None) and the wanted numbers that have no file."""
     if wanted is None:
         return {path for _, path in files}, []

@@ -21,8 +21,8 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import resource
 import pathlib
+import resource
 import subprocess
 import sys
 import tempfile
@@ -110,7 +110,9 @@ def naive_episode(path: pathlib.Path, video: pathlib.Path) -> int:
                 image = cv2.imdecode(np.frombuffer(f[f"observation/{camera}/rgb"][t], np.uint8), cv2.IMREAD_COLOR)
                 x, y = (index % 2) * FRAME_WIDTH // 2, (index // 2) * FRAME_HEIGHT // 2
                 canvas[y : y + FRAME_HEIGHT // 2, x : x + FRAME_WIDTH // 2] = image
-                cv2.putText(canvas, camera, (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+                cv2.putText(
+                    canvas, camera, (x + 4, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
+                )
             caption = f"{path.stem}  frame {t}/{length - 1}"
             cv2.putText(canvas, caption, (230, 470), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
             writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
@@ -129,7 +131,7 @@ def measure_naive(files: list[pathlib.Path], out: pathlib.Path) -> Measurement:
 def measure_tool(data: pathlib.Path, out: pathlib.Path, workers: int, frames: int) -> Measurement:
     command = [sys.executable, str(TOOL), "--root", str(data), "--out", str(out), "--workers", str(workers)]
     start, cpu_start = time.perf_counter(), cpu_seconds()
-    completed = subprocess.run(command, capture_output=True, text=True)
+    completed = subprocess.run(command, check=False, capture_output=True, text=True)
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     if completed.returncode != 0:
         raise RuntimeError(f"{TOOL.name} exited with {completed.returncode}: {completed.stderr.strip()[-500:]}")
@@ -140,7 +142,9 @@ def folder_bytes(folder: pathlib.Path, pattern: str = "*") -> int:
     return sum(path.stat().st_size for path in folder.glob(pattern))
 
 
-def render_report(rows: list[Measurement], naive: Measurement, floor: Measurement, tool: Measurement, episodes: int) -> str:
+def render_report(
+    rows: list[Measurement], naive: Measurement, floor: Measurement, tool: Measurement, episodes: int
+) -> str:
     lines = [f"{'method':48} {'seconds':>8} {'frames/s':>9} {'CPU s':>7} {'output MB':>10}"]
     for row in rows:
         size = f"{row.output_bytes / 1e6:10.1f}" if row.output_bytes is not None else f"{'-':>10}"
@@ -148,22 +152,39 @@ def render_report(rows: list[Measurement], naive: Measurement, floor: Measuremen
     lines += [
         f"tool / naive baseline:  {tool.fps / naive.fps:.2f}x  (goal: at least 1.8x)",
         f"floor / tool:           {floor.fps / tool.fps:.2f}x  (goal: at most 2x)",
-        f"CPU seconds per frame:  tool {tool.cpu_seconds / tool.frames * 1e3:.2f} ms, naive "
-        f"{naive.cpu_seconds / naive.frames * 1e3:.2f} ms, floor {floor.cpu_seconds / floor.frames * 1e3:.2f} ms "
-        f"(wall-clock ratios move with other load on the machine; these move less)",
-        f"output per episode:     tool {tool.output_bytes / episodes / 1e6:.2f} MB (H.264), "
-        f"naive {naive.output_bytes / episodes / 1e6:.2f} MB (mp4v)",
+        (
+            f"CPU seconds per frame:  tool {tool.cpu_seconds / tool.frames * 1e3:.2f} ms, naive "
+            f"{naive.cpu_seconds / naive.frames * 1e3:.2f} ms, floor {floor.cpu_seconds / floor.frames * 1e3:.2f} ms "
+            "(wall-clock ratios move with other load on the machine; these move less)"
+        ),
+        (
+            f"output per episode:     tool {tool.output_bytes / episodes / 1e6:.2f} MB (H.264), "
+            f"naive {naive.output_bytes / episodes / 1e6:.2f} MB (mp4v)"
+        ),
     ]
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=pathlib.Path, metavar="DIR", help="keeps the generated episodes between runs (default: a temp dir)")
+    parser.add_argument(
+        "--cache",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="keeps the generated episodes between runs (default: a temp dir)",
+    )
     parser.add_argument("--episodes", type=int, default=50, metavar="N", help="episodes (default 50)")
     parser.add_argument("--frames", type=int, default=224, metavar="N", help="frames per episode (default 224)")
-    parser.add_argument("--length-jitter", type=int, default=8, metavar="N", help="episode length varies by up to N (default 8)")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), metavar="N", help="tool workers (default: CPU count)")
+    parser.add_argument(
+        "--length-jitter", type=int, default=8, metavar="N", help="episode length varies by up to N (default 8)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        metavar="N",
+        help="tool workers (default: CPU count)",
+    )
     return parser.parse_args(argv)
 
 

@@ -80,7 +80,23 @@ def test_writes_h264_grid_video_per_episode_with_one_frame_per_recorded_frame(de
 
 
 def test_size_and_fps_options_set_the_video(demo_clean, tmp_path):
-    assert vis.main(["--root", str(demo_clean / "data"), "--out", str(tmp_path), "--episodes", "1", "--size", "320x240", "--fps", "15"]) == 0
+    assert (
+        vis.main(
+            [
+                "--root",
+                str(demo_clean / "data"),
+                "--out",
+                str(tmp_path),
+                "--episodes",
+                "1",
+                "--size",
+                "320x240",
+                "--fps",
+                "15",
+            ]
+        )
+        == 0
+    )
     stream, frames = read_video(tmp_path / "episode1.mp4")
     assert (stream.codec_context.width, stream.codec_context.height) == (320, 240)
     assert stream.average_rate == 15
@@ -102,7 +118,11 @@ def test_root_may_name_the_demo_clean_folder(demo_clean, tmp_path):
 def test_episode_files_sort_numerically(tmp_path):
     for name in ("episode10.hdf5", "episode2.hdf5", "episode1.hdf5", "notes.txt", "episode3.json"):
         (tmp_path / name).touch()
-    assert [path.name for _, path in vis.find_episode_files(tmp_path)] == ["episode1.hdf5", "episode2.hdf5", "episode10.hdf5"]
+    assert [path.name for _, path in vis.find_episode_files(tmp_path)] == [
+        "episode1.hdf5",
+        "episode2.hdf5",
+        "episode10.hdf5",
+    ]
 
 
 def test_episode_spec_selects_numbers_and_ranges():
@@ -128,7 +148,9 @@ def test_episodes_option_renders_only_the_selected_ones(demo_clean, tmp_path):
 
 @pytest.mark.parametrize("codec", ["h264", "mp4v"])
 def test_red_shoe_is_red_and_blue_shoe_is_blue(demo_clean, tmp_path, codec):
-    assert vis.main(["--root", str(demo_clean / "data"), "--out", str(tmp_path), "--episodes", "0", "--codec", codec]) == 0
+    assert (
+        vis.main(["--root", str(demo_clean / "data"), "--out", str(tmp_path), "--episodes", "0", "--codec", codec]) == 0
+    )
     stream, frames = read_video(tmp_path / "episode0.mp4")
     assert stream.codec_context.name == {"h264": "h264", "mp4v": "mpeg4"}[codec]
     episode = samples.make_episode(0, frames=FRAMES, seed=0)
@@ -167,7 +189,15 @@ def test_frames_show_episode_name_and_frame_index(demo_clean, tmp_path):
 
 
 def test_grid_fits_other_camera_counts():
-    assert [vis.grid_shape(n) for n in (1, 2, 3, 4, 5, 6, 9)] == [(1, 1), (2, 1), (2, 2), (2, 2), (3, 2), (3, 2), (3, 3)]
+    assert [vis.grid_shape(n) for n in (1, 2, 3, 4, 5, 6, 9)] == [
+        (1, 1),
+        (2, 1),
+        (2, 2),
+        (2, 2),
+        (3, 2),
+        (3, 2),
+        (3, 3),
+    ]
     assert vis.camera_order({"cam_b", "cam_a"}) == ("cam_a", "cam_b")
     assert vis.camera_order({"head_camera", "third_view"}) == (*vis.ROBOTWIN_CAMERAS, "third_view")
 
@@ -182,9 +212,10 @@ def test_extra_camera_gets_its_own_labelled_tile(demo_copy, tmp_path):
     layout = vis.make_layout((*vis.ROBOTWIN_CAMERAS, "third_view"), (640, 480))
     assert (layout.columns, layout.rows) == (3, 2)
     x, y = layout.tile_origin(4)
-    assert label_mismatch(frames[0], "third_view", x, y, layout.font_scale) < label_mismatch(
-        frames[0], "head_camera", x, y, layout.font_scale
-    ) / 4
+    assert (
+        label_mismatch(frames[0], "third_view", x, y, layout.font_scale)
+        < label_mismatch(frames[0], "head_camera", x, y, layout.font_scale) / 4
+    )
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------
@@ -207,7 +238,9 @@ def test_corrupt_jpeg_becomes_marked_placeholder_frame_with_warning(demo_copy, t
 def test_missing_camera_becomes_labelled_placeholder_tile_with_warning(demo_copy, tmp_path, capsys):
     with h5py.File(demo_copy / "data" / "episode1.hdf5", "r+") as f:
         del f["observation/right_camera"]
-    assert vis.main(["--root", str(demo_copy / "data"), "--out", str(tmp_path), "--episodes", "1", "--workers", "1"]) == 0
+    assert (
+        vis.main(["--root", str(demo_copy / "data"), "--out", str(tmp_path), "--episodes", "1", "--workers", "1"]) == 0
+    )
     err = capsys.readouterr().err
     assert "episode1" in err and "right_camera missing" in err
     _, frames = read_video(tmp_path / "episode1.mp4")
@@ -215,7 +248,10 @@ def test_missing_camera_becomes_labelled_placeholder_tile_with_warning(demo_copy
     x, y = tile_origin("right_camera")
     assert np.abs(patch_mean(frames[0], x + 60, y + 200) - vis.MISSING_TILE_COLOUR).max() < 12
     scale = vis.make_layout(vis.ROBOTWIN_CAMERAS, (640, 480)).font_scale
-    assert label_mismatch(frames[0], "right_camera", x, y, scale) < label_mismatch(frames[0], "left_camera", x, y, scale) / 4
+    assert (
+        label_mismatch(frames[0], "right_camera", x, y, scale)
+        < label_mismatch(frames[0], "left_camera", x, y, scale) / 4
+    )
 
 
 def test_truncated_file_is_reported_once_and_other_episodes_finish(demo_copy, tmp_path, capsys):
@@ -270,7 +306,9 @@ def test_encoder_crash_leaves_no_partial_file(demo_clean, tmp_path, monkeypatch,
         real_write(self, rgb)
 
     monkeypatch.setattr(vis.H264Writer, "write", failing_write)
-    assert vis.main(["--root", str(demo_clean / "data"), "--out", str(tmp_path), "--episodes", "0", "--workers", "1"]) == 1
+    assert (
+        vis.main(["--root", str(demo_clean / "data"), "--out", str(tmp_path), "--episodes", "0", "--workers", "1"]) == 1
+    )
     assert "No space left on device" in capsys.readouterr().err
     assert partial_at_crash == [".episode0" + vis.TEMP_SUFFIX]  # the encoder had started writing its file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html"]
