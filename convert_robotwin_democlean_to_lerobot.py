@@ -32,6 +32,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import inspect
+import itertools
 import json
 import multiprocessing
 import os
@@ -284,14 +285,14 @@ def read_dataset(f: h5py.File, path: pathlib.Path, name: str, shape_tail: tuple[
     return values
 
 
-def decode_jpeg(buffer: bytes) -> np.ndarray | None:
+def decode_jpeg(buffer: bytes, flags: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
     """RoboTwin's JPEGs hold RGB data that OpenCV took for BGR, so cv2.imdecode returns true RGB (the colour trap).
 
-    A JPEG that lost its end marker still "decodes" (grey-filled) in OpenCV, hence the marker check.
+    Some libjpeg builds "decode" a JPEG that lost its end (grey-filled), hence the marker check.
     """
     if not (buffer.startswith(JPEG_START) and buffer.endswith(JPEG_END)):
         return None
-    image = cv2.imdecode(np.frombuffer(buffer, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(buffer, np.uint8), flags)
     return image if image is not None and image.ndim == 3 else None
 
 
@@ -335,13 +336,17 @@ def read_episode(source: EpisodeSource, options: Options, keep_images: bool) -> 
             raise ConversionError(f"{path}: {name}: {len(values)} frames but {VECTOR_DATASET} has {length}")
     if length < 2:
         raise ConversionError(f"{path}: {VECTOR_DATASET}: {length} frame(s); at least 2 are needed (state + action)")
+    # Validation alone decodes at 1/8 scale: libjpeg still parses every coefficient, at half the cost.
+    flags = cv2.IMREAD_COLOR if keep_images else cv2.IMREAD_REDUCED_COLOR_8
     images = {}
     for camera, buffers in rgb.items():
         frames, shape = [], None
         for t, buffer in enumerate(buffers[: length - 1] if keep_images else buffers):
-            image = decode_jpeg(bytes(buffer))
-            if image is None or (shape is not None and image.shape != shape):
-                raise ConversionError(f"{path}: {rgb_names[camera]}: frame {t} is not a decodable JPEG of {shape}")
+            image = decode_jpeg(bytes(buffer), flags)
+            if image is None:
+                raise ConversionError(f"{path}: {rgb_names[camera]}: frame {t} is not a decodable JPEG")
+            if shape is not None and image.shape != shape:
+                raise ConversionError(f"{path}: {rgb_names[camera]}: frame {t} differs in size from frame 0")
             shape = image.shape
             if keep_images:
                 frames.append(resize(image, options.image_size))
@@ -550,17 +555,11 @@ def folder_size(path: pathlib.Path) -> int:
 
 def in_order(pool: concurrent.futures.Executor, function, items: list, ahead: int):
     """pool.map that keeps at most `ahead` results in flight, so decoded episodes cannot pile up in memory."""
-    pending = collections.deque()
     items = iter(items)
-    for item in items:
-        pending.append(pool.submit(function, item))
-        if len(pending) >= ahead:
-            break
+    pending = collections.deque(pool.submit(function, item) for item in itertools.islice(items, ahead))
     while pending:
         result = pending.popleft().result()
-        for item in items:
-            pending.append(pool.submit(function, item))
-            break
+        pending.extend(pool.submit(function, item) for item in itertools.islice(items, 1))
         yield result
 
 
@@ -569,7 +568,7 @@ class Progress:
     """A one-line progress display on stderr: episodes done, frames, frames per second."""
 
     total: int
-    stream: object = sys.stderr
+    stream: object = dataclasses.field(default_factory=lambda: sys.stderr)  # the current stderr, not import time's
     episodes: int = 0
     frames: int = 0
     started: float = dataclasses.field(default_factory=time.perf_counter)

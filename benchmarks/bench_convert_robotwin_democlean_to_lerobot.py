@@ -1,0 +1,278 @@
+"""Benchmark: convert_robotwin_democlean_to_lerobot.py against RoboTwin's own two-step route to a LeRobot dataset.
+
+    .venv/bin/python benchmarks/bench_convert_robotwin_democlean_to_lerobot.py CACHE_DIR [--episodes 50]
+        [--frames 224] [--workers N] [--baseline-writer-processes N] [--baseline-writer-threads N]
+        [--writer-variants] [--keep]
+
+Generates the sample episodes once into CACHE_DIR (reused by later runs), then in the same process and on the same
+episodes times
+  baseline step 1  RoboTwin's process_data.py as its description reads: decode each JPEG with OpenCV, upscale to
+                   640x480, re-encode as JPEG into an intermediate HDF5 per episode (state = vector[t],
+                   action = vector[t + 1]), one instruction per episode;
+  baseline step 2  RoboTwin's convert_aloha_data_to_lerobot_robotwin.py: decode the intermediate JPEGs, lerobot
+                   image mode at 640x480, its image writer settings (10 processes x 5 threads);
+  ours             the converter's main() at native 240x320.
+Both datasets must hold equal state, action and task values (checked, or the benchmark fails). Prints per-stage
+seconds, dataset sizes and the end-to-end ratio (goal: >= 3x). --writer-variants also times our converter with other
+lerobot image-writer settings and PNG levels on the first two episodes, which is how the defaults were chosen.
+Runtime on a loaded 2-core machine: about 2.5 minutes per episode of 224 frames, almost all of it in the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+
+import cv2
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import convert_robotwin_democlean_to_lerobot as converter  # noqa: E402
+import generate_robotwin_samples  # noqa: E402
+
+BASELINE_SIZE = (640, 480)  # width, height RoboTwin's process_data upscales to
+BASELINE_WRITER_PROCESSES, BASELINE_WRITER_THREADS = 10, 5  # RoboTwin's DatasetConfig for its lerobot conversion
+BASELINE_CAMERAS = {"head_camera": "cam_high", "left_camera": "cam_left_wrist", "right_camera": "cam_right_wrist"}
+LENGTH_JITTER = 8
+SEED = 0
+# (image_writer_threads, image_writer_processes, png level) tried by --writer-variants
+WRITER_VARIANTS = ((0, 0, 1), (2, 0, 1), (4, 0, 1), (8, 0, 1), (2, 1, 1), (4, 0, 6))
+VARIANT_EPISODES = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    seconds: float
+    frames: int
+
+
+def ensure_samples(cache: pathlib.Path, episodes: int, frames: int) -> pathlib.Path:
+    """Generate the episodes once; a marker file says the folder is complete."""
+    folder = cache / f"samples-e{episodes}-f{frames}-j{LENGTH_JITTER}-s{SEED}"
+    root = folder / generate_robotwin_samples.TASK_NAME / "demo_clean"
+    if not (folder / "complete").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        started = time.perf_counter()
+        generate_robotwin_samples.write_demo_clean(folder, episodes, frames, SEED, LENGTH_JITTER, os.cpu_count() or 1)
+        (folder / "complete").write_text("")
+        print(f"generated {episodes} episodes x ~{frames} frames in {time.perf_counter() - started:.0f} s -> {root}")
+    return root
+
+
+def folder_size(path: pathlib.Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def baseline_step1(sources: list[converter.EpisodeSource], intermediate: pathlib.Path) -> int:
+    """Upscale and re-encode every frame into one intermediate HDF5 per episode; returns the frame count."""
+    total = 0
+    for index, source in enumerate(sources):
+        with h5py.File(source.hdf5, "r") as f:
+            vector = f["joint_action/vector"][()]
+            jpegs = {camera: f[f"observation/{camera}/rgb"][: len(vector) - 1] for camera in BASELINE_CAMERAS}
+        instructions = json.loads(source.instructions.read_text())
+        # The same instruction rule as ours, so that the two datasets can be compared value for value.
+        task = converter.choose_task(instructions, "seen", SEED, source.number)
+        folder = intermediate / f"episode_{index}"
+        folder.mkdir(parents=True)
+        with h5py.File(folder / f"episode_{index}.hdf5", "w") as out:
+            out["observations/qpos"] = vector[:-1].astype(np.float32)
+            out["action"] = vector[1:].astype(np.float32)
+            for camera, key in BASELINE_CAMERAS.items():
+                encoded = []
+                for buffer in jpegs[camera]:
+                    image = cv2.imdecode(np.frombuffer(bytes(buffer), np.uint8), cv2.IMREAD_COLOR)
+                    encoded.append(cv2.imencode(".jpg", cv2.resize(image, BASELINE_SIZE))[1].tobytes())
+                out[f"observations/images/{key}"] = np.array(encoded, dtype=f"S{max(map(len, encoded))}")
+        (folder / "instructions.json").write_text(json.dumps({"instructions": [task]}))
+        total += len(vector) - 1
+    return total
+
+
+def baseline_step2(
+    lerobot: converter.LeRobot, intermediate: pathlib.Path, root: pathlib.Path, episodes: int, writer: tuple[int, int]
+) -> int:
+    """lerobot image mode at 640x480 from the intermediate files; returns the frame count."""
+    width, height = BASELINE_SIZE
+    motors = list(converter.JOINT_NAMES)
+    features = {
+        "observation.state": {"dtype": "float32", "shape": (14,), "names": [motors]},
+        "action": {"dtype": "float32", "shape": (14,), "names": [motors]},
+        **{
+            f"observation.images.{key}": {"dtype": "image", "shape": (3, height, width), "names": ["channels", "height", "width"]}
+            for key in BASELINE_CAMERAS.values()
+        },
+    }
+    dataset = lerobot.module.LeRobotDataset.create(
+        repo_id="bench/baseline", fps=converter.FPS, robot_type=converter.ROBOT_TYPE, features=features, root=root,
+        use_videos=False, image_writer_processes=writer[0], image_writer_threads=writer[1],
+    )
+    total = 0
+    try:
+        for index in range(episodes):
+            folder = intermediate / f"episode_{index}"
+            task = json.loads((folder / "instructions.json").read_text())["instructions"][0]
+            with h5py.File(folder / f"episode_{index}.hdf5", "r") as f:
+                state, action = f["observations/qpos"][()], f["action"][()]
+                images = {
+                    key: [cv2.imdecode(np.frombuffer(bytes(b), np.uint8), cv2.IMREAD_COLOR) for b in f[f"observations/images/{key}"]]
+                    for key in BASELINE_CAMERAS.values()
+                }
+            for t in range(len(state)):
+                frame = {"observation.state": state[t], "action": action[t]}
+                frame.update({f"observation.images.{key}": images[key][t] for key in images})
+                converter.add_frame(lerobot, dataset, frame, task)
+            dataset.save_episode()
+            total += len(state)
+    finally:
+        dataset.stop_image_writer()
+    return total
+
+
+def run_ours(root: pathlib.Path, output_root: pathlib.Path, repo_id: str, extra: list[str]) -> tuple[float, str]:
+    argv = ["--root", str(root), "--repo-id", repo_id, "--output-root", str(output_root), *extra]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = converter.main(argv)
+    seconds = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"our converter failed: {stderr.getvalue().strip()}")
+    return seconds, stdout.getvalue().strip().splitlines()[-1]
+
+
+def table_values(dataset: pathlib.Path) -> dict[str, list]:
+    """state, action and task string per frame, read straight from the parquet files."""
+    tasks = {}
+    for line in (dataset / "meta" / "tasks.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        tasks[record["task_index"]] = record["task"]
+    values = {"observation.state": [], "action": [], "task": []}
+    for path in sorted((dataset / "data").rglob("*.parquet")):
+        table = pq.read_table(path, columns=["observation.state", "action", "task_index"])
+        values["observation.state"] += table.column("observation.state").to_pylist()
+        values["action"] += table.column("action").to_pylist()
+        values["task"] += [tasks[i] for i in table.column("task_index").to_pylist()]
+    return values
+
+
+def check_equal(baseline: pathlib.Path, ours: pathlib.Path) -> str:
+    expected, actual = table_values(baseline), table_values(ours)
+    for key in expected:
+        if expected[key] != actual[key]:
+            raise SystemExit(f"values differ between the two datasets: {key}")
+    return f"equal state, action and task values in both datasets ({len(actual['task'])} frames)"
+
+
+def render_report(stages: list[Stage], sizes: dict[str, int], episodes: int) -> str:
+    lines = [f"{'stage':<42}{'seconds':>10}{'frames/s':>10}"]
+    lines += [f"{s.name:<42}{s.seconds:>10.1f}{s.frames / s.seconds:>10.1f}" for s in stages]
+    baseline = sum(s.seconds for s in stages if s.name.startswith("baseline"))
+    ours = next(s.seconds for s in stages if s.name.startswith("ours"))
+    lines.append(f"{'baseline total':<42}{baseline:>10.1f}")
+    lines.append("")
+    lines += [f"{name:<42}{size / 1e6:>10.1f} MB" for name, size in sizes.items()]
+    lines.append("")
+    lines.append(f"end to end, {episodes} episodes: ours is {baseline / ours:.1f}x faster than the baseline (goal >= 3x)")
+    return "\n".join(lines)
+
+
+def time_writer_variants(sources: list[converter.EpisodeSource], work: pathlib.Path, workers: int, repeats: int) -> str:
+    """Our converter under each writer setting, interleaved over `repeats` rounds; the best round counts (the least
+    disturbed by other load)."""
+    subset = work / "subset"
+    (subset / "data").mkdir(parents=True)
+    shutil.copytree(sources[0].instructions.parent, subset / "instructions")
+    for source in sources:
+        os.link(source.hdf5, subset / "data" / source.hdf5.name)
+    frames = sum(converter.load_episode_fields(s, converter.Options()).fields.length for s in sources)
+    best = {}
+    for round_number in range(repeats):
+        for number, (threads, processes, level) in enumerate(WRITER_VARIANTS):
+            extra = ["--workers", str(workers), "--image-writer-threads", str(threads),
+                     "--image-writer-processes", str(processes), "--png-level", str(level)]
+            output = work / f"variant{round_number}-{number}"
+            seconds, _ = run_ours(subset, output, "bench/variant", extra)
+            shutil.rmtree(output)
+            best[threads, processes, level] = min(seconds, best.get((threads, processes, level), seconds))
+    lines = [f"our converter on {len(sources)} episodes ({frames} frames), best of {repeats}, lerobot writer settings:"]
+    for (threads, processes, level), seconds in best.items():
+        lines.append(f"  threads {threads} processes {processes} png level {level}: {seconds:6.1f} s"
+                     f"  {frames / seconds:5.1f} frames/s")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cache", type=pathlib.Path, help="folder for the generated episodes (kept) and outputs")
+    parser.add_argument("--episodes", type=int, default=50, help="episodes to convert (default 50, RoboTwin's count)")
+    parser.add_argument("--frames", type=int, default=224, help="frames per episode, +-8 (default 224)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="our converter's --workers")
+    parser.add_argument(
+        "--baseline-writer-processes", type=int, default=BASELINE_WRITER_PROCESSES,
+        help=f"lerobot image writer processes in baseline step 2 (default {BASELINE_WRITER_PROCESSES}, RoboTwin's)",
+    )
+    parser.add_argument(
+        "--baseline-writer-threads", type=int, default=BASELINE_WRITER_THREADS,
+        help=f"lerobot image writer threads in baseline step 2 (default {BASELINE_WRITER_THREADS}, RoboTwin's)",
+    )
+    parser.add_argument("--writer-variants", action="store_true", help="also time other image-writer settings")
+    parser.add_argument("--variant-repeats", type=int, default=2, help="rounds of --writer-variants (default 2)")
+    parser.add_argument("--keep", action="store_true", help="keep the written datasets")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    root = ensure_samples(args.cache, args.episodes, args.frames)
+    sources = converter.find_episodes(root)
+    lerobot = converter.load_lerobot()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="bench-", dir=args.cache))
+    try:
+        started = time.perf_counter()
+        frames = baseline_step1(sources, work / "intermediate")
+        step1 = Stage("baseline 1: upscale + re-encode JPEG", time.perf_counter() - started, frames)
+        print(f"{step1.name}: {step1.seconds:.1f} s", flush=True)
+        started = time.perf_counter()
+        writer = (args.baseline_writer_processes, args.baseline_writer_threads)
+        frames = baseline_step2(lerobot, work / "intermediate", work / "baseline", len(sources), writer)
+        step2 = Stage(f"baseline 2: lerobot 640x480 ({writer[0]}p x {writer[1]}t)", time.perf_counter() - started, frames)
+        print(f"{step2.name}: {step2.seconds:.1f} s", flush=True)
+        seconds, summary = run_ours(root, work / "ours", "bench/ours", ["--workers", str(args.workers)])
+        print(f"ours: {summary}", flush=True)
+        ours = work / "ours" / "bench" / "ours"
+        print(check_equal(work / "baseline", ours))
+        sizes = {
+            "source episodes (HDF5)": folder_size(root / "data"),
+            "baseline intermediate HDF5": folder_size(work / "intermediate"),
+            "baseline dataset": folder_size(work / "baseline"),
+            "  of which images/ (PNGs left behind)": folder_size(work / "baseline" / "images"),
+            "ours dataset": folder_size(ours),
+        }
+        print()
+        print(render_report([step1, step2, Stage("ours: one step, 320x240", seconds, frames)], sizes, len(sources)))
+        if args.writer_variants:
+            print()
+            print(time_writer_variants(sources[:VARIANT_EPISODES], work, args.workers, args.variant_repeats))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
