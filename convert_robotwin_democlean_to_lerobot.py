@@ -317,9 +317,8 @@ def read_task(source: EpisodeSource, options: Options) -> str:
         raise ConversionError(f"{source.instructions}: {error}") from None
 
 
-def read_episode(source: EpisodeSource, options: Options, keep_images: bool) -> ConvertedEpisode:
-    """Validate one episode completely (every JPEG decoded) and, with keep_images, return all its frames."""
-    task = read_task(source, options)
+def read_arrays(source: EpisodeSource, options: Options) -> tuple[np.ndarray, dict, dict]:
+    """joint_action/vector, both endposes and the chosen cameras' JPEG buffers, checked for presence and lengths."""
     path = source.hdf5
     try:
         f = h5py.File(path, "r")
@@ -328,46 +327,59 @@ def read_episode(source: EpisodeSource, options: Options, keep_images: bool) -> 
     with f:
         vector = read_dataset(f, path, VECTOR_DATASET, (2 * ARM_DOF,))
         endposes = {arm: read_dataset(f, path, name, (ARM_DOF,)) for arm, name in ENDPOSE_DATASETS.items()}
-        rgb_names = {camera: f"observation/{camera}/rgb" for camera in options.cameras}
-        rgb = {camera: read_dataset(f, path, name, ()) for camera, name in rgb_names.items()}
+        names = [f"observation/{camera}/rgb" for camera in options.cameras]
+        rgb = {name: read_dataset(f, path, name, ()) for name in names}
     length = len(vector)
-    for name, values in [*zip(ENDPOSE_DATASETS.values(), endposes.values()), *zip(rgb_names.values(), rgb.values())]:
+    for name, values in [*zip(ENDPOSE_DATASETS.values(), endposes.values()), *rgb.items()]:
         if len(values) != length:
             raise ConversionError(f"{path}: {name}: {len(values)} frames but {VECTOR_DATASET} has {length}")
     if length < 2:
         raise ConversionError(f"{path}: {VECTOR_DATASET}: {length} frame(s); at least 2 are needed (state + action)")
-    # Validation alone decodes at 1/8 scale: libjpeg still parses every coefficient, at half the cost.
-    flags = cv2.IMREAD_COLOR if keep_images else cv2.IMREAD_REDUCED_COLOR_8
-    images = {}
-    for camera, buffers in rgb.items():
-        frames, shape = [], None
-        for t, buffer in enumerate(buffers[: length - 1] if keep_images else buffers):
-            image = decode_jpeg(bytes(buffer), flags)
-            if image is None:
-                raise ConversionError(f"{path}: {rgb_names[camera]}: frame {t} is not a decodable JPEG")
-            if shape is not None and image.shape != shape:
-                raise ConversionError(f"{path}: {rgb_names[camera]}: frame {t} differs in size from frame 0")
-            shape = image.shape
-            if keep_images:
-                frames.append(resize(image, options.image_size))
-        if keep_images:
-            images[IMAGE_PREFIX + CAMERA_KEYS[camera]] = np.stack(frames)
-    fields = compute_episode_fields(vector, endposes["left"], endposes["right"], name=str(path))
-    return ConvertedEpisode(source, task, fields, images)
+    return vector, endposes, rgb
+
+
+def decode_camera(path: pathlib.Path, name: str, buffers: np.ndarray, flags: int) -> list[np.ndarray]:
+    """Every frame of one camera, all decodable and of one size."""
+    frames = []
+    for t, buffer in enumerate(buffers):
+        image = decode_jpeg(bytes(buffer), flags)
+        if image is None:
+            raise ConversionError(f"{path}: {name}: frame {t} is not a decodable JPEG")
+        if frames and image.shape != frames[0].shape:
+            raise ConversionError(f"{path}: {name}: frame {t} differs in size from frame 0")
+        frames.append(image)
+    return frames
+
+
+def source_values(source: EpisodeSource, options: Options) -> tuple[str, EpisodeFields]:
+    """The task and every non-image feature of an episode, straight from its files."""
+    task = read_task(source, options)
+    vector, endposes, _ = read_arrays(source, options)
+    return task, compute_episode_fields(vector, endposes["left"], endposes["right"], name=str(source.hdf5))
 
 
 def validate_episode(source: EpisodeSource, options: Options) -> str | None:
     """The error message for a bad episode, None for a good one (worker entry point)."""
     try:
-        read_episode(source, options, keep_images=False)
+        read_task(source, options)
+        _, _, rgb = read_arrays(source, options)
+        for name, buffers in rgb.items():
+            # 1/8 scale: libjpeg still parses every coefficient, at half the cost of a full decode.
+            decode_camera(source.hdf5, name, buffers, cv2.IMREAD_REDUCED_COLOR_8)
     except ConversionError as error:
         return str(error)
     return None
 
 
 def load_episode(source: EpisodeSource, options: Options) -> ConvertedEpisode:
-    """Worker entry point: the episode's frames, decoded and ready for the writer."""
-    return read_episode(source, options, keep_images=True)
+    """Worker entry point: the episode's L frames, decoded, resized and ready for the writer."""
+    task, fields = source_values(source, options)
+    _, _, rgb = read_arrays(source, options)
+    images = {}
+    for camera, (name, buffers) in zip(options.cameras, rgb.items()):
+        frames = decode_camera(source.hdf5, name, buffers[: fields.length], cv2.IMREAD_COLOR)
+        images[IMAGE_PREFIX + CAMERA_KEYS[camera]] = np.stack([resize(frame, options.image_size) for frame in frames])
+    return ConvertedEpisode(source, task, fields, images)
 
 
 def ignore_interrupt() -> None:
@@ -442,11 +454,6 @@ def write_episode(lerobot: LeRobot, dataset, episode: ConvertedEpisode, png_leve
 # Verification: reopen the dataset the way openpi does and compare with the source files.
 
 
-def load_episode_fields(source: EpisodeSource, options: Options) -> ConvertedEpisode:
-    """Source values for verification, read again from the HDF5 file (no images)."""
-    return read_episode(source, options, keep_images=False)
-
-
 def expected_images(source: EpisodeSource, camera: str, frames: list[int], size: tuple[int, int]) -> list[np.ndarray]:
     with h5py.File(source.hdf5, "r") as f:
         rgb = f[f"observation/{camera}/rgb"]
@@ -511,8 +518,8 @@ def verify_dataset(
     rng = np.random.default_rng(options.seed)
     checked = 0
     for episode_index, source in enumerate(episodes):
-        converted = load_episode_fields(source, options)
-        length = converted.fields.length
+        task, fields = source_values(source, options)
+        length = fields.length
         start = int(dataset.episode_data_index["from"][episode_index])
         if int(dataset.episode_data_index["to"][episode_index]) - start != length:
             raise ConversionError(f"{dataset.root}: episode {episode_index} length differs from {source.hdf5}")
@@ -524,14 +531,14 @@ def verify_dataset(
         for position, t in enumerate(frames):
             item = read_item(dataset, start + t, video)
             where = f"{dataset.root}: episode {episode_index} frame {t} ({source.hdf5.name})"
-            expected = converted.fields.frame(t)
-            expected["action"] = converted.fields.action[np.minimum(t + np.arange(ACTION_HORIZON), length - 1)]
+            expected = fields.frame(t)
+            expected["action"] = fields.action[np.minimum(t + np.arange(ACTION_HORIZON), length - 1)]
             for key, value in expected.items():
                 actual = item[key].numpy().reshape(value.shape)
                 if actual.dtype != np.float32 or not np.array_equal(actual, value):
                     raise ConversionError(f"{where}: {key} differs from the source")
-            if item["task"] != converted.task:
-                raise ConversionError(f"{where}: task {item['task']!r}, source {converted.task!r}")
+            if item["task"] != task:
+                raise ConversionError(f"{where}: task {item['task']!r}, source {task!r}")
             for key, sources in images.items():
                 actual = (item[key].numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
                 compare_images(key, where, actual, sources[position], video)

@@ -199,7 +199,7 @@ def time_writer_variants(sources: list[converter.EpisodeSource], work: pathlib.P
     shutil.copytree(sources[0].instructions.parent, subset / "instructions")
     for source in sources:
         os.link(source.hdf5, subset / "data" / source.hdf5.name)
-    frames = sum(converter.load_episode_fields(s, converter.Options()).fields.length for s in sources)
+    frames = sum(converter.source_values(s, converter.Options())[1].length for s in sources)
     best = {}
     for round_number in range(repeats):
         for number, (threads, processes, level) in enumerate(WRITER_VARIANTS):
