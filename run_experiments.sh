@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the manipulation-progress experiments of the openpi patch one after another, after proving that the whole
-# path works: preflight -> conversion (--verify) -> dataset field check -> norm stats -> training, one config at a
-# time, each logged to its own file, closed by a summary table.
+# path works: preflight -> conversion (--verify) -> dataset field check -> the columns openpi's configs read ->
+# norm stats -> training, one config at a time, each logged to its own file, closed by a summary table.
 #
 # Usage: bash run_experiments.sh [--root DIR] [--repo-id ID] [--exp-name NAME] [--configs A,B,...] [--with-baseline]
 #                                [--keep-going] [--force] [--reconvert] [--dry-run] [--log-dir DIR]
@@ -30,7 +30,8 @@
 #   OPENPI_PYTHON     interpreter that imports the patched openpi, run in OPENPI_DIR, to ask the configs which
 #                     dataset columns they read (default: "uv run python"; --demo: PYTHON on a patched copy)
 #   TRAIN_CMD         training command, run in OPENPI_DIR, given "<config> --exp-name=NAME --overwrite"
-#                     (default: "uv run scripts/train.py"; --demo: "$PYTHON openpi_patch/train_demo.py --out OUT/openpi")
+#                     (default: "uv run scripts/train.py";
+#                     --demo: "$PYTHON openpi_patch/train_demo.py --out OUT/openpi --steps N"); split on spaces
 #   NORM_STATS_CMD    norm stats command, run in OPENPI_DIR, given "<config>"
 #                     (default: "uv run scripts/compute_norm_stats.py --config-name"; --demo: computed by TRAIN_CMD)
 #   XLA_PYTHON_CLIENT_MEM_FRACTION  share of GPU memory JAX may take (default: 0.9)
@@ -63,8 +64,9 @@ readonly BASE_FIELDS=(
 )
 readonly TIME_FIELDS=("manip_progress_time:1:float32")
 readonly DISTANCE_FIELDS=("manip_progress_distance_left:1:float32" "manip_progress_distance_right:1:float32")
-# The LeRobot dataset stores images as PNG while RoboTwin stores JPEG: ask for this many times the episodes' size.
-readonly DATASET_SIZE_FACTOR=6
+# The LeRobot dataset stores images as PNG while RoboTwin stores JPEG: 2.1 times the episodes' size on the textured
+# samples (three of four cameras); ask for twice that.
+readonly DATASET_SIZE_FACTOR=4
 # Seconds a stopped training gets to exit after SIGTERM before it is killed.
 readonly STOP_GRACE_S=30
 readonly DEMO_STEPS=3
@@ -72,9 +74,12 @@ readonly DEMO_STEPS=3
 # Set by the signal handler and read by the training loop; a trap can only reach globals.
 INTERRUPTED=0
 CHILD_PID=""
+# The run's results, one entry per config, filled by train_configs and printed by print_summary.
+RESULTS=()
+SECONDS_TAKEN=()
 
 usage() {
-  sed -n '5,42p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '5,43p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 err() {
@@ -163,7 +168,8 @@ preflight_openpi() {
 preflight_demo() {
   local python="$1" dry_run="$2"
   # Finding the packages is enough here and costs milliseconds; importing openpi costs ten seconds.
-  local -a check=("${python}" -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('openpi') and u.find_spec('jax')))")
+  local -a check=("${python}" -c
+    "import importlib.util as u, sys; sys.exit(not (u.find_spec('openpi') and u.find_spec('jax')))")
   if ((dry_run)); then
     show_cmd "${check[@]}"
     return
@@ -189,7 +195,8 @@ preflight_disk() {
   need_kb=$(($(du -sk "${root}" | cut -f1) * DATASET_SIZE_FACTOR))
   have_kb="$(free_kb "${dataset}")"
   if ((have_kb < need_kb)); then
-    err "not enough disk space for the dataset at ${dataset}: $((need_kb / 1024)) MiB wanted, $((have_kb / 1024)) MiB free"
+    err "not enough disk space for the dataset at ${dataset}:" \
+      "$((need_kb / 1024)) MiB wanted, $((have_kb / 1024)) MiB free"
     return 1
   fi
 }
@@ -347,236 +354,258 @@ run_logged() {
 }
 
 print_summary() {
-  local -n summary_names=$1 summary_results=$2 summary_seconds=$3 summary_logs=$4
   local i
   echo
   printf '%-46s %-22s %8s  %s\n' "config" "result" "time" "log"
-  for i in "${!summary_names[@]}"; do
-    printf '%-46s %-22s %8s  %s\n' "${summary_names[i]}" "${summary_results[i]}" "${summary_seconds[i]}" \
-      "${summary_logs[i]}"
+  for i in "${!CONFIGS[@]}"; do
+    printf '%-46s %-22s %8s  %s\n' "${CONFIGS[i]}" "${RESULTS[i]}" "${SECONDS_TAKEN[i]}" "${LOG_DIR}/${CONFIGS[i]}.log"
   done
 }
 
-main() {
-  local root="" repo_id="${DEFAULT_REPO_ID}" exp_name="" configs_arg="" log_dir="" out="demo_output"
-  local with_baseline=0 keep_going=0 force=0 reconvert=0 dry_run=0 demo=0 steps="${DEMO_STEPS}"
+# Reads the flags and the environment into the upper-case settings (ROOT, CONFIGS, DRY_RUN, ...), readonly once set.
+parse_args() {
+  ROOT="" REPO_ID="${DEFAULT_REPO_ID}" EXP_NAME="" LOG_DIR="" OUT="demo_output" STEPS="${DEMO_STEPS}"
+  WITH_BASELINE=0 KEEP_GOING=0 FORCE=0 RECONVERT=0 DRY_RUN=0 DEMO=0
+  local configs_arg=""
   while (($#)); do
     case "$1" in
-      --root) root="${2:?--root needs a folder}"; shift ;;
-      --repo-id) repo_id="${2:?--repo-id needs an id}"; shift ;;
-      --exp-name) exp_name="${2:?--exp-name needs a name}"; shift ;;
+      --root) ROOT="${2:?--root needs a folder}"; shift ;;
+      --repo-id) REPO_ID="${2:?--repo-id needs an id}"; shift ;;
+      --exp-name) EXP_NAME="${2:?--exp-name needs a name}"; shift ;;
       --configs) configs_arg="${2:?--configs needs a comma-separated list}"; shift ;;
-      --log-dir) log_dir="${2:?--log-dir needs a folder}"; shift ;;
-      --out) out="${2:?--out needs a folder}"; shift ;;
-      --steps) steps="${2:?--steps needs a number}"; shift ;;
-      --with-baseline) with_baseline=1 ;;
-      --keep-going) keep_going=1 ;;
-      --force) force=1 ;;
-      --reconvert) reconvert=1 ;;
-      --dry-run) dry_run=1 ;;
-      --demo) demo=1 ;;
-      -h | --help) usage; return 0 ;;
+      --log-dir) LOG_DIR="${2:?--log-dir needs a folder}"; shift ;;
+      --out) OUT="${2:?--out needs a folder}"; shift ;;
+      --steps) STEPS="${2:?--steps needs a number}"; shift ;;
+      --with-baseline) WITH_BASELINE=1 ;;
+      --keep-going) KEEP_GOING=1 ;;
+      --force) FORCE=1 ;;
+      --reconvert) RECONVERT=1 ;;
+      --dry-run) DRY_RUN=1 ;;
+      --demo) DEMO=1 ;;
+      -h | --help) usage; exit 0 ;;
       *) err "unknown argument '$1' (see --help)"; return 2 ;;
     esac
     shift
   done
-  if [[ ! "${steps}" =~ ^[1-9][0-9]*$ ]]; then
-    err "--steps wants a positive whole number, got '${steps}'"
+  if [[ ! "${STEPS}" =~ ^[1-9][0-9]*$ ]]; then
+    err "--steps wants a positive whole number, got '${STEPS}'"
     return 2
   fi
 
-  local -a configs=()
+  CONFIGS=("${PROGRESS_CONFIGS[@]}")
   if [[ -n "${configs_arg}" ]]; then
-    IFS=',' read -ra configs <<<"${configs_arg}"
-  else
-    configs=("${PROGRESS_CONFIGS[@]}")
+    IFS=',' read -ra CONFIGS <<<"${configs_arg}"
   fi
-  if ((with_baseline)) && [[ " ${configs[*]} " != *" ${BASELINE_CONFIG} "* ]]; then
-    configs+=("${BASELINE_CONFIG}")
+  if ((WITH_BASELINE)) && [[ " ${CONFIGS[*]} " != *" ${BASELINE_CONFIG} "* ]]; then
+    CONFIGS+=("${BASELINE_CONFIG}")
   fi
   local config
-  for config in "${configs[@]}"; do
+  for config in "${CONFIGS[@]}"; do
     if ! is_known_config "${config}"; then
       err "unknown config '${config}'; known: ${PROGRESS_CONFIGS[*]} ${BASELINE_CONFIG}"
       return 2
     fi
   done
 
-  local python="${PYTHON:-$(default_python)}"
-  local openpi_dir="${OPENPI_DIR:-}"
-  local -a train_cmd norm_cmd=()
-  local workdir
-  if ((demo)); then
-    out="$(realpath -m "${out}")"
-    root="${root:-${out}/samples/${TASK_LAYOUT}}"
-    export HF_LEROBOT_HOME="${out}/lerobot"
-    export HF_DATASETS_CACHE="${out}/hf_datasets_cache"
-    log_dir="${log_dir:-${out}/logs}"
-    workdir="${SCRIPT_DIR}"
-    read -ra train_cmd <<<"${TRAIN_CMD:-${python} ${SCRIPT_DIR}/openpi_patch/train_demo.py --out ${out}/openpi --steps ${steps}}"
-    if [[ -n "${NORM_STATS_CMD:-}" ]]; then
-      read -ra norm_cmd <<<"${NORM_STATS_CMD}"
+  PYTHON="${PYTHON:-$(default_python)}"
+  OPENPI_DIR="${OPENPI_DIR:-}"
+  EXP_NAME="${EXP_NAME:-${REPO_ID##*/}}"
+  NORM_STATS_CMD_WORDS=()
+  if ((DEMO)); then
+    OUT="$(realpath -m "${OUT}")"
+    ROOT="${ROOT:-${OUT}/samples/${TASK_LAYOUT}}"
+    export HF_LEROBOT_HOME="${OUT}/lerobot"
+    export HF_DATASETS_CACHE="${OUT}/hf_datasets_cache"
+    LOG_DIR="${LOG_DIR:-${OUT}/logs}"
+    WORKDIR="${SCRIPT_DIR}"
+    read -ra TRAIN_CMD_WORDS <<<"${TRAIN_CMD:-${PYTHON} ${SCRIPT_DIR}/openpi_patch/train_demo.py --out ${OUT}/openpi}"
+    if [[ -z "${TRAIN_CMD:-}" ]]; then
+      TRAIN_CMD_WORDS+=(--steps "${STEPS}")
     fi
+    if [[ -n "${NORM_STATS_CMD:-}" ]]; then
+      read -ra NORM_STATS_CMD_WORDS <<<"${NORM_STATS_CMD}"
+    fi
+    OPENPI_PYTHON_WORDS=("${PYTHON}")
   else
-    root="${root:-${ROBOTWIN_DATA:-data}/${TASK_LAYOUT}}"
+    ROOT="${ROOT:-${ROBOTWIN_DATA:-data}/${TASK_LAYOUT}}"
     export HF_LEROBOT_HOME="${HF_LEROBOT_HOME:-$(default_lerobot_home)}"
-    workdir="${openpi_dir:-\$OPENPI_DIR}"
-    read -ra train_cmd <<<"${TRAIN_CMD:-uv run scripts/train.py}"
-    read -ra norm_cmd <<<"${NORM_STATS_CMD:-uv run scripts/compute_norm_stats.py --config-name}"
+    LOG_DIR="${LOG_DIR:-experiment_logs/${EXP_NAME}}"
+    WORKDIR="${OPENPI_DIR:-\$OPENPI_DIR}"
+    read -ra TRAIN_CMD_WORDS <<<"${TRAIN_CMD:-uv run scripts/train.py}"
+    read -ra NORM_STATS_CMD_WORDS <<<"${NORM_STATS_CMD:-uv run scripts/compute_norm_stats.py --config-name}"
+    read -ra OPENPI_PYTHON_WORDS <<<"${OPENPI_PYTHON:-uv run python}"
   fi
-  exp_name="${exp_name:-${repo_id##*/}}"
-  log_dir="${log_dir:-experiment_logs/${exp_name}}"
-  export OPENPI_ROBOTWIN_REPO_ID="${repo_id}"
+  DATASET="${HF_LEROBOT_HOME}/${REPO_ID}"
+  export OPENPI_ROBOTWIN_REPO_ID="${REPO_ID}"
   export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
-  local dataset="${HF_LEROBOT_HOME}/${repo_id}"
+  readonly ROOT REPO_ID EXP_NAME LOG_DIR OUT STEPS WITH_BASELINE KEEP_GOING FORCE RECONVERT DRY_RUN DEMO CONFIGS \
+    PYTHON OPENPI_DIR WORKDIR TRAIN_CMD_WORDS NORM_STATS_CMD_WORDS OPENPI_PYTHON_WORDS DATASET
+}
 
-  # Preflight: everything that can fail before any hour is spent.
-  if ((demo)); then
-    preflight_demo "${python}" "${dry_run}" || return 1
+# Everything that can fail before any hour is spent: openpi and GPUs (or the demo's packages), the episodes.
+preflight() {
+  if ((DEMO)); then
+    preflight_demo "${PYTHON}" "${DRY_RUN}" || return 1
   else
-    preflight_openpi "${openpi_dir}" "${python}" "${dry_run}" || return 1
+    preflight_openpi "${OPENPI_DIR}" "${PYTHON}" "${DRY_RUN}" || return 1
   fi
-  local -a generate=("${python}" "${SCRIPT_DIR}/generate_robotwin_samples.py" --out "${out}/samples")
-  if ((demo)) && [[ "${root}" == "${out}/samples/${TASK_LAYOUT}" && ! -d "${root}" ]]; then
-    if ((dry_run)); then
+  local -a generate=("${PYTHON}" "${SCRIPT_DIR}/generate_robotwin_samples.py" --out "${OUT}/samples")
+  if ((DEMO)) && [[ "${ROOT}" == "${OUT}/samples/${TASK_LAYOUT}" && ! -d "${ROOT}" ]]; then
+    if ((DRY_RUN)); then
       show_cmd "${generate[@]}"
     else
-      echo "demo: generating sample episodes into ${out}/samples"
+      echo "demo: generating sample episodes into ${OUT}/samples"
       "${generate[@]}" >/dev/null || return 1
     fi
   fi
-  if ((!dry_run)); then
-    preflight_root "${root}" || return 1
+  if ((!DRY_RUN)); then
+    preflight_root "${ROOT}" || return 1
   fi
+}
 
-  # Conversion, verified by the converter itself.
-  local -a convert=("${python}" "${SCRIPT_DIR}/convert_robotwin_democlean_to_lerobot.py" --root "${root}"
-    --repo-id "${repo_id}" --verify)
-  if ((reconvert)); then
+# Converts the episodes, verified by the converter itself, unless the dataset exists and --reconvert is not given.
+convert_dataset() {
+  local -a convert=("${PYTHON}" "${SCRIPT_DIR}/convert_robotwin_democlean_to_lerobot.py" --root "${ROOT}"
+    --repo-id "${REPO_ID}" --verify)
+  if ((RECONVERT)); then
     convert+=(--overwrite)
   fi
-  if ((dry_run)); then
+  if ((DRY_RUN)); then
     show_cmd env "HF_LEROBOT_HOME=${HF_LEROBOT_HOME}" "${convert[@]}"
-  elif ((reconvert)) || [[ ! -f "${dataset}/meta/info.json" ]]; then
-    preflight_disk "${root}" "${dataset}" || return 1
-    echo "convert: ${root} -> ${dataset}"
-    "${convert[@]}" || { err "conversion of ${root} failed"; return 1; }
+  elif ((RECONVERT)) || [[ ! -f "${DATASET}/meta/info.json" ]]; then
+    preflight_disk "${ROOT}" "${DATASET}" || return 1
+    echo "convert: ${ROOT} -> ${DATASET}"
+    "${convert[@]}" || { err "conversion of ${ROOT} failed"; return 1; }
   else
-    echo "convert: ${dataset} exists, kept (--reconvert converts again)"
+    echo "convert: ${DATASET} exists, kept (--reconvert converts again)"
   fi
+}
 
-  # Every field every selected config reads, before any training starts.
-  if ((dry_run)); then
-    echo "+ check ${dataset}/meta/info.json has the fields of: ${configs[*]}"
-  else
-    check_dataset_fields "${python}" "${dataset}/meta/info.json" "${configs[@]}" || return 1
-    echo "fields: ${dataset} has every field of: ${configs[*]}"
-  fi
-  local -a openpi_python=("${python}")
-  if ((!demo)); then
-    read -ra openpi_python <<<"${OPENPI_PYTHON:-uv run python}"
-  fi
+# Every field each selected config needs, then every column openpi's configs read, before any training starts.
+check_dataset() {
   local config_list
-  config_list="$(IFS=,; echo "${configs[*]}")"
-  if ((dry_run)); then
-    echo "+ check the columns the configs read in openpi: (cd ${workdir} && ${openpi_python[*]} - ${config_list})"
-  else
-    (cd "${workdir}" && check_config_columns "${dataset}/meta/info.json" "${demo}" "${config_list}" \
-      "${openpi_python[@]}") || return 1
-    echo "columns: the dataset has every column the configs read in openpi"
+  config_list="$(IFS=,; echo "${CONFIGS[*]}")"
+  if ((DRY_RUN)); then
+    echo "+ check ${DATASET}/meta/info.json has the fields of: ${CONFIGS[*]}"
+    echo "+ check the columns the configs read in openpi: (cd ${WORKDIR} && ${OPENPI_PYTHON_WORDS[*]} - ${config_list})"
+    return
   fi
+  check_dataset_fields "${PYTHON}" "${DATASET}/meta/info.json" "${CONFIGS[@]}" || return 1
+  echo "fields: ${DATASET} has every field of: ${CONFIGS[*]}"
+  (cd "${WORKDIR}" && check_config_columns "${DATASET}/meta/info.json" "${DEMO}" "${config_list}" \
+    "${OPENPI_PYTHON_WORDS[@]}") || return 1
+  echo "columns: the dataset has every column the configs read in openpi"
+}
 
-  if ((!dry_run)); then
-    mkdir -p "${log_dir}"
+is_finished() {
+  ((!FORCE)) && [[ -f "${LOG_DIR}/$1.done" ]]
+}
+
+# openpi keeps norm stats per config under its assets folder; the demo's trainer computes its own.
+compute_norm_stats() {
+  local config log
+  if ((!${#NORM_STATS_CMD_WORDS[@]})); then
+    if ((DRY_RUN)); then
+      echo "+ norm stats: computed by the training command"
+    fi
+    return
   fi
-  local -a names=() results=() seconds=() logs=()
-  for config in "${configs[@]}"; do
-    names+=("${config}")
-    results+=("not run")
-    seconds+=("-")
-    logs+=("${log_dir}/${config}.log")
+  for config in "${CONFIGS[@]}"; do
+    if is_finished "${config}"; then
+      continue
+    fi
+    if ((DRY_RUN)); then
+      show_cmd env -C "${WORKDIR}" "${NORM_STATS_CMD_WORDS[@]}" "${config}"
+      continue
+    fi
+    if [[ -f "${WORKDIR}/assets/${config}/${REPO_ID}/norm_stats.json" ]]; then
+      echo "norm stats: ${config} has them already"
+      continue
+    fi
+    echo "norm stats: ${config}"
+    log="${LOG_DIR}/${config}.norm_stats.log"
+    if ! run_logged "${log}" "${WORKDIR}" "${NORM_STATS_CMD_WORDS[@]}" "${config}"; then
+      ((INTERRUPTED)) || err "norm stats for ${config} failed: see ${log}"
+      return 1
+    fi
   done
+}
 
-  local i log started status
-  # Norm stats: openpi keeps them per config under its assets folder; the demo's trainer computes its own.
-  if ((dry_run && !${#norm_cmd[@]})); then
-    echo "+ norm stats: computed by the training command"
-  fi
-  if ((${#norm_cmd[@]})); then
-    for i in "${!configs[@]}"; do
-      config="${configs[i]}"
-      if ((!force)) && [[ -f "${log_dir}/${config}.done" ]]; then
-        continue
-      fi
-      if ((dry_run)); then
-        show_cmd env -C "${workdir}" "${norm_cmd[@]}" "${config}"
-        continue
-      fi
-      if [[ -f "${workdir}/assets/${config}/${repo_id}/norm_stats.json" ]]; then
-        echo "norm stats: ${config} has them already"
-        continue
-      fi
-      echo "norm stats: ${config}"
-      if ! run_logged "${log_dir}/${config}.norm_stats.log" "${workdir}" "${norm_cmd[@]}" "${config}"; then
-        err "norm stats for ${config} failed: see ${log_dir}/${config}.norm_stats.log"
-        return 1
-      fi
-    done
-  fi
-
-  trap on_interrupt INT TERM
-  local failed=0
-  for i in "${!configs[@]}"; do
-    config="${configs[i]}"
-    log="${logs[i]}"
-    local -a command=("${train_cmd[@]}" "${config}" "--exp-name=${exp_name}" --overwrite)
-    if ((!force)) && [[ -f "${log_dir}/${config}.done" ]]; then
-      results[i]="skipped (finished)"
+# Trains the configs in order, recording each one's result in RESULTS and SECONDS_TAKEN; returns 1 on a failure.
+train_configs() {
+  local i config log started status failed=0
+  for i in "${!CONFIGS[@]}"; do
+    config="${CONFIGS[i]}"
+    log="${LOG_DIR}/${config}.log"
+    local -a command=("${TRAIN_CMD_WORDS[@]}" "${config}" "--exp-name=${EXP_NAME}" --overwrite)
+    if is_finished "${config}"; then
+      RESULTS[i]="skipped (finished)"
       echo "train: ${config} finished in an earlier run, skipped (--force repeats it)"
       continue
     fi
-    if ((dry_run)); then
-      show_cmd env -C "${workdir}" "XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION}" "${command[@]}"
-      results[i]="dry run"
+    if ((DRY_RUN)); then
+      show_cmd env -C "${WORKDIR}" "XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION}" "${command[@]}"
+      RESULTS[i]="dry run"
       continue
     fi
-    rm -f "${log_dir}/${config}.done"
+    rm -f "${LOG_DIR}/${config}.done"
     echo "train: ${config} (log: ${log})"
     started=${SECONDS}
     status=0
-    run_logged "${log}" "${workdir}" "${command[@]}" || status=$?
-    seconds[i]="$((SECONDS - started)) s"
+    run_logged "${log}" "${WORKDIR}" "${command[@]}" || status=$?
+    SECONDS_TAKEN[i]="$((SECONDS - started)) s"
     if ((INTERRUPTED)); then
-      results[i]="interrupted"
-      break
+      RESULTS[i]="interrupted"
+      return 1
     fi
     if ((status == 0)); then
-      date -u +%Y-%m-%dT%H:%M:%SZ >"${log_dir}/${config}.done"
-      results[i]="ok"
-    else
-      results[i]="FAILED (exit ${status})"
-      failed=1
-      err "${config} failed with exit status ${status}: see ${log}"
-      if ((!keep_going)); then
-        break
-      fi
+      date -u +%Y-%m-%dT%H:%M:%SZ >"${LOG_DIR}/${config}.done"
+      RESULTS[i]="ok"
+      continue
+    fi
+    RESULTS[i]="FAILED (exit ${status})"
+    failed=1
+    err "${config} failed with exit status ${status}: see ${log}"
+    if ((!KEEP_GOING)); then
+      break
     fi
   done
+  return "${failed}"
+}
+
+main() {
+  parse_args "$@" || return
+  preflight || return 1
+  convert_dataset || return 1
+  check_dataset || return 1
+  if ((!DRY_RUN)); then
+    mkdir -p "${LOG_DIR}"
+  fi
+
+  local config status=0
+  RESULTS=() SECONDS_TAKEN=()
+  for config in "${CONFIGS[@]}"; do
+    RESULTS+=("not run")
+    SECONDS_TAKEN+=("-")
+  done
+  trap on_interrupt INT TERM
+  compute_norm_stats && train_configs || status=1
   trap - INT TERM
 
-  print_summary names results seconds logs
+  print_summary
   if ((INTERRUPTED)); then
+    local i
     local -a remaining=()
-    for i in "${!configs[@]}"; do
-      if [[ "${results[i]}" == "interrupted" || "${results[i]}" == "not run" ]]; then
-        remaining+=("${configs[i]}")
+    for i in "${!CONFIGS[@]}"; do
+      if [[ "${RESULTS[i]}" == "interrupted" || "${RESULTS[i]}" == "not run" ]]; then
+        remaining+=("${CONFIGS[i]}")
       fi
     done
     echo
     echo "interrupted; configs that remain: ${remaining[*]}"
     return 130
   fi
-  return "${failed}"
+  return "${status}"
 }
 
 main "$@"

@@ -1,20 +1,23 @@
-"""Train a small variant of one progress config for a few steps on the CPU: run_experiments.sh --demo's training command.
+"""Train a small variant of one progress config for a few steps on the CPU: run_experiments.sh --demo's training step.
 
-    python openpi_patch/train_demo.py [--out DIR] [--steps N] [--batch-size N] [--debug] CONFIG --exp-name=NAME [--overwrite]
+    python openpi_patch/train_demo.py [--out DIR] [--steps N] [--batch-size N] [--debug]
+                                      CONFIG --exp-name=NAME [--overwrite]
 
-Takes the arguments run_experiments.sh gives openpi's scripts/train.py (CONFIG --exp-name=NAME --overwrite) and runs the
-same path on the CPU: openpi from the installed package, patched in a temporary copy (openpi_patch/cpu_variants.py),
+Takes the arguments run_experiments.sh gives openpi's scripts/train.py (CONFIG --exp-name=NAME --overwrite) and runs
+the same path on the CPU: openpi from the installed package, patched in a temporary copy (openpi_patch/cpu_variants.py),
 the config with dummy gemma experts and a tiny SigLIP tower, openpi's own LeRobot data loader and transforms, the
-patched model's loss and an optax optimizer from the config. The dataset is read from
+patched model's loss and the config's optax optimizer (with a short learning-rate warmup). The dataset is read from
 $HF_LEROBOT_HOME/$OPENPI_ROBOTWIN_REPO_ID. Norm stats are computed here with openpi.shared.normalize (scripts/ is not
-part of the pip package) when the config has none yet.
+part of the pip package) when the config has none yet, or copied from an earlier config whose data config is equal.
 
 Writes under --out (default demo_output/openpi):
     assets/CONFIG/REPO_ID/norm_stats.json        state and action statistics, as compute_norm_stats.py writes them
     checkpoints/CONFIG/NAME/losses.json          action and aux loss per step (no parameters: nothing will load them)
+    jax_cache/                                   compiled steps, so that a second demo run skips most compiling
     openpi_data/big_vision/paligemma_tokenizer.model   a stand-in, only where the real tokenizer cannot be had
 Prints one line per step and ends with "CONFIG: N steps, action loss FIRST -> LAST, aux loss FIRST -> LAST".
-About a minute per config on 2 cores, most of it the one jit compilation of the training step.
+One to two minutes per config on 2 cores, most of it the one jit compilation of the training step.
+openpi is imported inside functions only, after use_patched_openpi has put the patched copy first on sys.path.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ import time
 
 import numpy as np
 
+# cpu_variants sits next to this file, and openpi_patch/ is a folder of scripts, not a package.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import cpu_variants  # noqa: E402
+import cpu_variants
 
 TOKENIZER_HOST = ("storage.googleapis.com", 443)
 NETWORK_TIMEOUT_S = 3
@@ -113,6 +117,21 @@ def compute_norm_stats(config) -> tuple[pathlib.Path, int]:
     return directory / "norm_stats.json", len(dataset)
 
 
+def norm_stats_of_a_sibling(config) -> pathlib.Path | None:
+    """Norm stats an earlier demo run computed for another config with the same data config factory.
+
+    The factory decides the state and action transforms; the model config only adds the progress targets, which
+    are not normalised. So such stats are the ones this config would compute.
+    """
+    from openpi.training import config as openpi_config
+
+    for name in cpu_variants.EXPERIMENT_CONFIGS:
+        path = pathlib.Path(config.assets_base_dir) / name / config.data.repo_id / "norm_stats.json"
+        if name != config.name and path.is_file() and openpi_config.get_config(name).data == config.data:
+            return path
+    return None
+
+
 def demo_config(name: str, out: pathlib.Path, exp_name: str, steps: int, batch_size: int):
     from openpi.training import optimizer
 
@@ -132,11 +151,10 @@ def demo_config(name: str, out: pathlib.Path, exp_name: str, steps: int, batch_s
 
 def make_train_step(config, model):
     """The jitted step: one gradient step on the total loss; returns the action and aux losses apart for logging."""
-    import flax.nnx as nnx
     import jax
     import jax.numpy as jnp
     import optax
-
+    from flax import nnx
     from openpi.training import optimizer
 
     tx = optimizer.create_optimizer(config.optimizer, config.lr_schedule)
@@ -169,15 +187,16 @@ def make_train_step(config, model):
 
 def train(config, steps: int) -> list[StepResult]:
     import jax
-
     from openpi.training import data_loader
 
     # One device and no mesh, as for the parameters: a batch on openpi's default mesh would give the updated
     # parameters a sharding the first step did not see, and a second compilation.
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     loader = data_loader.create_data_loader(config, sharding=sharding, shuffle=True, num_batches=steps)
+    started = time.monotonic()
     with cpu_variants.tiny_siglip():
         model = config.model.create(jax.random.key(config.seed))
+    print(f"model: created in {time.monotonic() - started:.1f} s", flush=True)
     step, state, opt_state = make_train_step(config, model)
     # Committed to the device like the step's outputs, so the second step reuses the first one's compilation.
     state, opt_state = jax.device_put((state, opt_state), sharding)
@@ -186,7 +205,9 @@ def train(config, steps: int) -> list[StepResult]:
     results = []
     for index, (observation, actions) in enumerate(loader):
         started = time.monotonic()
-        state, opt_state, action_loss, aux_loss = step(state, opt_state, jax.random.fold_in(rng, index), observation, actions)
+        state, opt_state, action_loss, aux_loss = step(
+            state, opt_state, jax.random.fold_in(rng, index), observation, actions
+        )
         result = StepResult(
             step=index + 1,
             action_loss=float(action_loss),
@@ -223,42 +244,66 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def use_some_tokenizer(out: pathlib.Path) -> str:
+    """PaliGemma's tokenizer where it is cached or can be downloaded, else a stand-in; says which."""
+    data_home = openpi_data_home()
+    if real_tokenizer_present(data_home):
+        return f"tokenizer: PaliGemma's, from {data_home}"
+    reason = tokenizer_unreachable_reason()
+    if reason is None:
+        return "tokenizer: PaliGemma's, downloaded by openpi on first use"
+    # Never into the user's openpi cache, where openpi would later take the stand-in for the real one.
+    os.environ["OPENPI_DATA_HOME"] = str(out / "openpi_data")
+    path = cpu_variants.write_stand_in_tokenizer(out / "openpi_data")
+    return (
+        f"tokenizer: the real PaliGemma tokenizer cannot be downloaded ({reason}); "
+        f"using a small stand-in SentencePiece model, {path}"
+    )
+
+
+def run(args: argparse.Namespace, site: pathlib.Path) -> int:
+    started = time.monotonic()
+    out = args.out.resolve()
+    cpu_variants.use_patched_openpi(site)
+    import jax
+
+    # Re-runs of the demo skip the compilations that dominate its time.
+    jax.config.update("jax_compilation_cache_dir", str(out / "jax_cache"))
+    print(use_some_tokenizer(out), flush=True)
+    config = demo_config(args.config, out, args.exp_name, args.steps, args.batch_size)
+    if config.checkpoint_dir.exists() and not args.overwrite:
+        print(f"train_demo.py: {config.checkpoint_dir} exists; --overwrite replaces it", file=sys.stderr)
+        return 1
+    if config.data.create(config.assets_dirs, config.model).norm_stats is None:
+        if (sibling := norm_stats_of_a_sibling(config)) is not None:
+            target = config.assets_dirs / config.data.repo_id
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(sibling, target / sibling.name)
+            print(f"norm stats: {sibling.parents[2].name}'s, whose data config is the same -> {target / sibling.name}")
+        else:
+            norm_started = time.monotonic()
+            path, frames = compute_norm_stats(config)
+            print(f"norm stats: {frames} frames -> {path} ({time.monotonic() - norm_started:.1f} s)", flush=True)
+    print(f"setup: {time.monotonic() - started:.1f} s", flush=True)
+    results = train(config, args.steps)
+    if config.checkpoint_dir.exists():
+        shutil.rmtree(config.checkpoint_dir)
+    print(f"losses: {write_losses(config.checkpoint_dir, results)}")
+    print(render_summary(config.name, results), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = args.out.resolve()
     try:
         with tempfile.TemporaryDirectory(prefix="openpi-patched.") as site:
-            cpu_variants.use_patched_openpi(pathlib.Path(site))
-            import jax
-
-            # Re-runs of the demo skip the compilations that dominate its time.
-            jax.config.update("jax_compilation_cache_dir", str(out / "jax_cache"))
-            if real_tokenizer_present(openpi_data_home()):
-                print(f"tokenizer: PaliGemma's, from {openpi_data_home()}")
-            elif (reason := tokenizer_unreachable_reason()) is not None:
-                os.environ["OPENPI_DATA_HOME"] = str(out / "openpi_data")
-                path = cpu_variants.write_stand_in_tokenizer(out / "openpi_data")
-                print(f"tokenizer: the real PaliGemma tokenizer cannot be downloaded ({reason}); "
-                      f"using a small stand-in SentencePiece model, {path}")
-            config = demo_config(args.config, out, args.exp_name, args.steps, args.batch_size)
-            if config.checkpoint_dir.exists() and not args.overwrite:
-                print(f"train_demo.py: {config.checkpoint_dir} exists; --overwrite replaces it", file=sys.stderr)
-                return 1
-            data_config = config.data.create(config.assets_dirs, config.model)
-            if data_config.norm_stats is None:
-                path, frames = compute_norm_stats(config)
-                print(f"norm stats: {frames} frames -> {path}")
-            results = train(config, args.steps)
-            if config.checkpoint_dir.exists():
-                shutil.rmtree(config.checkpoint_dir)
-            print(f"losses: {write_losses(config.checkpoint_dir, results)}")
-            print(render_summary(config.name, results), flush=True)
-    except Exception as e:  # noqa: BLE001 - one line per error unless --debug, as every tool here does
+            return run(args, pathlib.Path(site))
+    # Whatever openpi, jax or lerobot raise becomes one line, as in every tool here; --debug shows the traceback.
+    except Exception as e:
         if args.debug:
             raise
         print(f"train_demo.py: {args.config}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":
