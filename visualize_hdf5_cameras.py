@@ -630,9 +630,19 @@ def run_jobs(jobs: list[Job], workers: int, progress: Progress) -> list[Result]:
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init)
     try:
-        futures = [pool.submit(render_episode, job) for job in jobs]
+        # Workers are started by submit; started with Ctrl-C ignored, they cannot die of it while still importing.
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            futures = [pool.submit(render_episode, job) for job in jobs]
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
         for future in concurrent.futures.as_completed(futures):
             report(future.result())
+    except KeyboardInterrupt:
+        # A terminal's Ctrl-C reaches the workers too; a signal sent to this process alone (kill, SIGTERM) does not.
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGINT)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return results

@@ -315,7 +315,7 @@ def test_encoder_crash_leaves_no_partial_file(demo_clean, tmp_path, monkeypatch,
 
 
 def start_tool(root: pathlib.Path, out: pathlib.Path) -> subprocess.Popen:
-    """The tool in its own process group, as a terminal runs it, returned once it is writing its videos."""
+    """The tool in its own process group, as a terminal runs it, returned once both workers are writing a video."""
     process = subprocess.Popen(
         [sys.executable, str(TOOL), "--root", str(root / "data"), "--out", str(out), "--workers", "2"],
         stdout=subprocess.PIPE,
@@ -324,7 +324,7 @@ def start_tool(root: pathlib.Path, out: pathlib.Path) -> subprocess.Popen:
         start_new_session=True,
     )
     deadline = time.monotonic() + 60
-    while not (out.is_dir() and any(name.endswith(vis.TEMP_SUFFIX) for name in temporary_files(out))):
+    while not (out.is_dir() and len([n for n in temporary_files(out) if n.endswith(vis.TEMP_SUFFIX)]) == 2):
         assert process.poll() is None and time.monotonic() < deadline, "the tool never started writing"
         time.sleep(0.02)
     return process
@@ -345,8 +345,18 @@ def test_ctrl_c_mid_episode_leaves_no_partial_file(long_demo, tmp_path):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert temporary_files(out) == []
-    assert len(complete_videos_only(out, 240)) < 2
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_the_main_process_alone_stops_the_workers_cleanly(long_demo, tmp_path, signum):
+    out = tmp_path / "videos"
+    process = start_tool(long_demo, out)
+    os.kill(process.pid, signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == []
 
 
 def test_killed_run_leaves_no_partial_video_and_the_next_run_completes(long_demo, tmp_path, capsys):
