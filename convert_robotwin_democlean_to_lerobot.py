@@ -546,8 +546,9 @@ def verify_dataset(
     image_check = "true RGB within video tolerance" if video else "pixel-exact true RGB"
     return [
         f"verified {checked} frames of {len(episodes)} episodes reopened by repo id {repo_id!r} from {dataset.root}",
-        f"  equal to the source: observation.state, action ({ACTION_HORIZON}-step window), {', '.join(PROGRESS_FEATURES)},"
-        " target_endpose, target_joint, task",
+        f"  equal to the source: observation.state, action ({ACTION_HORIZON}-step window), "
+        + ", ".join(PROGRESS_FEATURES)
+        + ", target_endpose, target_joint, task",
         f"  images {', '.join(images)}: {image_check}",
     ]
 

@@ -245,7 +245,7 @@ def test_task_choice_is_reproducible_and_follows_the_list_kind():
 def test_front_camera_and_image_size_change_the_schema(small_demo, tmp_path, lerobot, capsys):
     argv = ["--root", str(small_demo), "--repo-id", "t/small", "--output-root", str(tmp_path), "--workers", "1",
             "--cameras", "head_camera", "front_camera", "--image-size", "160x120", "--verify"]
-    code, out, err = run(argv, capsys)
+    code, _, err = run(argv, capsys)
     assert code == 0, err
     item = lerobot.module.LeRobotDataset("t/small", root=tmp_path / "t" / "small")[3]
     assert tuple(item["observation.images.cam_front"].shape) == (3, 120, 160)
