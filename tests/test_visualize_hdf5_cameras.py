@@ -416,3 +416,14 @@ def test_progress_redraws_in_place_only_on_a_terminal(terminal):
     assert ("\r" in text) == terminal
     assert text.count("\n") == (1 if terminal else 2)
     assert "2/2 episodes" in text
+
+
+def test_compose_frame_redraws_every_cell_of_a_reused_canvas():
+    layout = vis.make_layout(("cam_a", "cam_b", "cam_c"), (640, 480))  # 2x2 grid, bottom-right cell empty
+    canvas = np.full((480, 640, 3), 255, np.uint8)  # what the previous frame left behind
+    image = np.full((240, 320, 3), (10, 200, 30), np.uint8)
+    vis.compose_frame(canvas, layout, [image, image, None], set(), "episode0  frame 1/2")
+    assert (canvas[100, 100] == (10, 200, 30)).all()  # camera tile
+    assert (canvas[100, 420] == (10, 200, 30)).all()
+    assert (canvas[300, 160] == vis.CORRUPT_TILE_COLOUR).all()  # undecodable frame
+    assert (canvas[260, 600] == 0).all()  # empty cell
