@@ -79,9 +79,10 @@ JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 EPISODE_FILE = re.compile(r"episode(\d+)\.hdf5$")
 IMAGE_PREFIX = "observation.images."
 PROGRESS_FEATURES = ("manip_progress_time", "manip_progress_distance_left", "manip_progress_distance_right")
-# Measured by benchmarks/bench_convert_robotwin_democlean_to_lerobot.py: threads in lerobot's own image writer
-# overlap PNG compression (zlib releases the GIL) with the writer loop; extra processes only add pickling.
-DEFAULT_IMAGE_WRITER_THREADS = 4
+# Measured by benchmarks/bench_convert_robotwin_democlean_to_lerobot.py --writer-variants on 2 cores: threads in
+# lerobot's own image writer overlap PNG compression (zlib releases the GIL) with the writer loop, 8 was fastest in
+# every round; writer processes were slowest (pickling, and they lose the PNG level).
+DEFAULT_IMAGE_WRITER_THREADS = 8
 DEFAULT_IMAGE_WRITER_PROCESSES = 0
 # zlib level of the PNGs lerobot's writer embeds: PNG is lossless at every level, and level 1 encodes these frames
 # about 3x faster than PIL's default 6 for about 13% more bytes.
