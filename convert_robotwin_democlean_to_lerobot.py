@@ -20,8 +20,8 @@ Per converted frame t = 0..L-1 of an episode of T saved frames (L = T - 1, RoboT
 Every episode is validated (datasets present, equal lengths, T >= 2, JPEGs decode, instructions present) before
 anything is written; the dataset is built in a hidden folder next to its destination and renamed into place only when
 complete. Worker processes validate and decode episodes ahead of the single writer, which keeps frame order.
-Expected runtime on 2 cores: about 10 s per 224-frame episode at native 240x320 (PNG encoding in lerobot's writer
-dominates).
+Expected runtime on a busy 2-core machine: about 12-15 s per 224-frame episode at native 240x320 (PNG encoding in
+lerobot's writer dominates).
 """
 
 from __future__ import annotations

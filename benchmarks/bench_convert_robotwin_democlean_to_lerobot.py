@@ -15,7 +15,7 @@ episodes times
 Both datasets must hold equal state, action and task values (checked, or the benchmark fails). Prints per-stage
 seconds, dataset sizes and the end-to-end ratio (goal: >= 3x). --writer-variants also times our converter with other
 lerobot image-writer settings and PNG levels on the first two episodes, which is how the defaults were chosen.
-Runtime on a loaded 2-core machine: about 2.5 minutes per episode of 224 frames, almost all of it in the baseline.
+Runtime on a loaded 2-core machine: about 3 to 4 minutes per episode of 224 frames, almost all of it in the baseline.
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import av
 import cv2
@@ -406,6 +408,28 @@ def test_interrupt_during_writing_leaves_no_dataset(small_demo, tmp_path, monkey
     assert code == 130 and "no dataset written" in err
     assert len(calls) == 2
     assert list(out.rglob("*")) == [out / "t"]  # the parent folder only: no dataset, no partial folder
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_command_line_leaves_no_dataset(small_demo, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    argv = [sys.executable, str(SCRIPT), "--root", str(small_demo), "--repo-id", "t/ctrlc", "--output-root", str(out)]
+    # Its own session, so that the signal reaches the converter and its workers the way a terminal's Ctrl-C does.
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("t/.ctrlc.partial-*/meta")) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        assert process.poll() is None, "the conversion ended before it could be interrupted"
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err.decode()
+    assert "no dataset written" in err.decode() and "Traceback" not in err.decode()
+    assert list(out.rglob("*")) == [out / "t"]
 
 
 def test_lerobot_writing_format_v3_is_refused(small_demo, tmp_path, lerobot, monkeypatch, capsys):
