@@ -403,6 +403,10 @@ class LeRobot:
 
 def load_lerobot() -> LeRobot:
     """Import openpi's pinned rev (lerobot.common.datasets) or lerobot 0.3.x (lerobot.datasets); refuse v3.0."""
+    if "LEROBOT_HOME" in os.environ:  # both lerobot versions raise on import when it is set
+        raise ConversionError(
+            f"LEROBOT_HOME={os.environ['LEROBOT_HOME']}: lerobot refuses this variable; set HF_LEROBOT_HOME instead"
+        )
     try:
         from lerobot.common.datasets import lerobot_dataset
     except ImportError:

@@ -441,6 +441,13 @@ def test_lerobot_writing_format_v3_is_refused(small_demo, tmp_path, lerobot, mon
     assert not out.exists()
 
 
+def test_lerobot_home_variable_is_refused_with_the_replacement_named(small_demo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LEROBOT_HOME", str(tmp_path / "old"))
+    code, _, err = run(["--root", str(small_demo), "--repo-id", "t/home", "--output-root", str(tmp_path / "out")], capsys)
+    assert code == 1 and "set HF_LEROBOT_HOME instead" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_pinned_rev_writer_gets_the_task_inside_the_frame():
     class PinnedRevDataset:
         # openpi's pinned lerobot rev: add_frame(frame) reads the task from frame["task"]
