@@ -79,7 +79,7 @@ RESULTS=()
 SECONDS_TAKEN=()
 
 usage() {
-  sed -n '5,43p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '6,43p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 err() {

@@ -149,6 +149,17 @@ def demo_config(name: str, out: pathlib.Path, exp_name: str, steps: int, batch_s
     )
 
 
+def create_model(config):
+    """The small model, initialised in one jitted call (twice as fast as op by op, and cached for the next run)."""
+    import jax
+    from flax import nnx
+
+    with cpu_variants.tiny_siglip():
+        graphdef, _ = nnx.split(nnx.eval_shape(lambda: config.model.create(jax.random.key(0))))
+        state = jax.jit(lambda rng: nnx.state(config.model.create(rng)))(jax.random.key(config.seed))
+    return nnx.merge(graphdef, state)
+
+
 def make_train_step(config, model):
     """The jitted step: one gradient step on the total loss; returns the action and aux losses apart for logging."""
     import jax
@@ -194,8 +205,7 @@ def train(config, steps: int) -> list[StepResult]:
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     loader = data_loader.create_data_loader(config, sharding=sharding, shuffle=True, num_batches=steps)
     started = time.monotonic()
-    with cpu_variants.tiny_siglip():
-        model = config.model.create(jax.random.key(config.seed))
+    model = create_model(config)
     print(f"model: created in {time.monotonic() - started:.1f} s", flush=True)
     step, state, opt_state = make_train_step(config, model)
     # Committed to the device like the step's outputs, so the second step reuses the first one's compilation.
