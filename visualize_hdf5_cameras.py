@@ -17,7 +17,7 @@ Existing videos are kept unless --overwrite. Each video is written under a hidde
 missing camera a labelled placeholder tile, each with a warning; an unreadable HDF5 file is reported in one line
 while the other episodes finish.
 Exit status: 0 all written or skipped, 1 some episode failed, 2 usage error, 130 interrupted.
-Speed: about 1.5 CPU-seconds per 224-frame episode; episodes run in parallel, one per CPU.
+Speed: about 1 CPU-second per 224-frame episode; episodes run in parallel, one per CPU.
 """
 
 from __future__ import annotations
@@ -508,7 +508,7 @@ def render_index(
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Episodes</title>\n<style>\n'
         "body { font-family: sans-serif; margin: 1em; }\n"
         "main { display: flex; flex-wrap: wrap; gap: 1em; }\n"
-        "section { width: 480px; }\n video { width: 100%; }\n h2 { font-size: 1em; margin: 0.2em 0; }\n"
+        "section { width: 480px; }\nvideo { width: 100%; }\nh2 { font-size: 1em; margin: 0.2em 0; }\n"
         ".meta { color: #555; margin: 0.2em 0; }\n.error { color: #b00; }\n"
         "</style>\n</head>\n<body>\n"
         f"<h1>{len(episodes)} episodes</h1>\n<main>\n" + "\n".join(cards) + "\n</main>\n</body>\n</html>\n"
