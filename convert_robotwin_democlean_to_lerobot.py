@@ -491,8 +491,9 @@ def read_item(dataset, index: int, video: bool) -> dict:
     try:
         return dataset[index]
     except Exception as error:  # torchcodec/torchvision raise OSError, RuntimeError, AttributeError, ...
+        reason = (str(error).splitlines() or [""])[0]  # torchcodec's message embeds whole tracebacks
         raise ConversionError(
-            f"{dataset.root}: lerobot cannot decode its videos on this machine ({type(error).__name__}: {error}); "
+            f"{dataset.root}: lerobot cannot decode its videos on this machine ({type(error).__name__}: {reason}); "
             "openpi's data loader would fail the same way: install FFmpeg for torchcodec or convert without --video"
         ) from None
 
@@ -746,6 +747,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.environ.setdefault("SVT_LOG", "1")  # the AV1 encoder behind --video prints a banner per video otherwise
     warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
     try:
         return run(args)
