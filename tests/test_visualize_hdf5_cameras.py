@@ -33,8 +33,12 @@ def demo_copy(demo_clean: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def long_demo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """Two longer episodes, so that a run can be interrupted while it writes."""
-    return samples.write_demo_clean(tmp_path_factory.mktemp("long"), episodes=2, frames=240, seed=1, workers=2)
+    """Two longer episodes, so that a run can be interrupted while it writes.
+
+    One generator worker: its pool forks, and a child forked from this process after OpenCV has run threads here
+    can hang on their locks.
+    """
+    return samples.write_demo_clean(tmp_path_factory.mktemp("long"), episodes=2, frames=240, seed=1, workers=1)
 
 
 def read_video(path: pathlib.Path) -> tuple[av.video.stream.VideoStream, list[np.ndarray]]:
@@ -348,7 +352,7 @@ def test_ctrl_c_mid_episode_leaves_no_partial_file(long_demo, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == []
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_to_the_main_process_alone_stops_the_workers_cleanly(long_demo, tmp_path, signum):
     out = tmp_path / "videos"
     process = start_tool(long_demo, out)
