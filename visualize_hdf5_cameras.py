@@ -208,7 +208,10 @@ def inspect_episode(number: int, path: pathlib.Path, data_dir: pathlib.Path) -> 
                         cameras.append(camera)
                         lengths.append(rgb.shape[0])
     except (OSError, ValueError) as error:
-        return EpisodeInfo(name, number, path, instruction=instruction, error=f"{path}: unreadable HDF5 file ({error})")
+        reason = " ".join(str(error).split())
+        return EpisodeInfo(
+            name, number, path, instruction=instruction, error=f"{path}: unreadable HDF5 file ({reason})"
+        )
     if not cameras:
         return EpisodeInfo(
             name, number, path, instruction=instruction, error=f"{path}: no observation/<camera>/rgb datasets"
@@ -456,7 +459,7 @@ def render_episode(job: Job) -> Result:
             finally:
                 temp.unlink(missing_ok=True)
     except Exception as error:  # noqa: BLE001 - one bad episode must not stop the others: report it and go on
-        detail = traceback.format_exc() if job.debug else f"{type(error).__name__}: {error}"
+        detail = traceback.format_exc() if job.debug else " ".join(f"{type(error).__name__}: {error}".split())
         return Result(name, "failed", error=f"{job.episode.path}: {detail}".rstrip())
     return Result(name, "written", frames, job.video.stat().st_size, tuple(warnings))
 
