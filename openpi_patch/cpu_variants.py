@@ -147,12 +147,13 @@ def write_stand_in_tokenizer(data_home: pathlib.Path | None = None) -> pathlib.P
 def tiny_siglip(variant: str = "mu/14") -> collections.abc.Iterator[None]:
     from openpi.models import siglip
 
+    small_variant = variant
     full_size = siglip.Module
 
     def small(num_classes=None, *, variant=None, **kw):
+        del variant  # Pi0 asks for So400m/14
         return full_size(num_classes, variant=small_variant, **kw)
 
-    small_variant = variant
     siglip.Module = small
     try:
         yield
