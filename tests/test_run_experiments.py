@@ -1,7 +1,7 @@
 """run_experiments.sh: the launcher's order, failure handling and preflight, with stand-ins for openpi's scripts,
 and the CPU demo end to end with the real converter, data loader, patched model and optax."""
 
-import importlib.util
+import importlib.metadata
 import json
 import math
 import os
@@ -38,12 +38,15 @@ FEATURES = {
     "target_endpose": {"dtype": "float32", "shape": [14]},
     "target_joint": {"dtype": "float32", "shape": [14]},
 }
-# Records each call; fails for the configs named in FAIL_CONFIGS; sleeps TRAIN_SLEEP seconds.
+# Records each call; fails for the configs named in FAIL_CONFIGS; sleeps TRAIN_SLEEP seconds in a child process
+# whose id it records, like a data loader worker of a real training.
 FAKE_TRAIN = """#!/usr/bin/env bash
 echo "train $*" >>"${CALLS}"
-echo "training $1"
 case " ${FAIL_CONFIGS:-} " in *" $1 "*) echo "diverged"; exit 3 ;; esac
-sleep "${TRAIN_SLEEP:-0}"
+sleep "${TRAIN_SLEEP:-0}" &
+echo "worker $!" >>"${CALLS}"
+echo "training $1"
+wait $!
 echo "trained $1"
 """
 FAKE_NORM_STATS = """#!/usr/bin/env bash
@@ -70,7 +73,8 @@ def write_dataset_info(lerobot_home: pathlib.Path, drop: tuple[str, ...] = ()) -
 
 
 def copy_installed_openpi(checkout: pathlib.Path) -> pathlib.Path:
-    installed = pathlib.Path(next(iter(importlib.util.find_spec("openpi").submodule_search_locations)))
+    # From the distribution, not sys.path, where another test module may have put a patched copy.
+    installed = pathlib.Path(importlib.metadata.distribution("rpent-openpi").locate_file("openpi"))
     (checkout / "scripts").mkdir(parents=True)
     (checkout / "scripts" / "train.py").write_text("")
     shutil.copytree(installed, checkout / "src" / "openpi", ignore=shutil.ignore_patterns("__pycache__"))
@@ -129,6 +133,15 @@ def trained(lab: dict) -> list[str]:
     return [line.split()[1] for line in lab["calls"].read_text().splitlines() if line.startswith("train ")]
 
 
+def running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie waiting to be reaped."""
+    try:
+        status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return re.search(r"^State:\s+Z", status, re.MULTILINE) is None
+
+
 def summary_rows(stdout: str) -> dict[str, str]:
     """config -> result, read from the summary table that closes every run."""
     rows = {}
@@ -174,7 +187,7 @@ def test_norm_stats_come_before_the_first_training(lab: dict) -> None:
     result = run_launcher(lab)
 
     assert result.returncode == 0, result.stderr
-    calls = [line.split()[0] for line in lab["calls"].read_text().splitlines()]
+    calls = [line.split()[0] for line in lab["calls"].read_text().splitlines() if not line.startswith("worker ")]
     assert calls == ["norm_stats"] * 4 + ["train"] * 4
 
 
@@ -315,16 +328,19 @@ def test_interrupt_stops_the_current_training_and_names_what_remains(lab: dict) 
     assert summary_rows(stdout)[PROGRESS_CONFIGS[0]] == "interrupted"
     assert re.search(r"^end: .* exit status: 143 ", log.read_text(), re.MULTILINE)
     assert trained(lab) == PROGRESS_CONFIGS[:1]
+    worker = int(re.search(r"^worker (\d+)$", lab["calls"].read_text(), re.MULTILINE).group(1))
+    assert not running(worker)
 
 
 @pytest.mark.slow
 def test_demo_trains_every_config_on_the_cpu_and_prints_both_losses(tmp_path: pathlib.Path) -> None:
-    env = {key: value for key, value in os.environ.items() if key not in ("TRAIN_CMD", "NORM_STATS_CMD")}
+    own = ("TRAIN_CMD", "NORM_STATS_CMD", "OPENPI_PYTHON", "HF_LEROBOT_HOME")
+    env = {key: value for key, value in os.environ.items() if key not in own}
 
     result = subprocess.run(
         ["bash", str(LAUNCHER), "--demo", "--out", str(tmp_path / "demo"), "--steps", "2"],
         check=False,
-        env={**env, "OPENPI_DATA_HOME": str(tmp_path / "openpi-data")},
+        env={**env, "PYTHON": sys.executable, "OPENPI_DATA_HOME": str(tmp_path / "openpi-data")},
         capture_output=True,
         text=True,
         timeout=900,
