@@ -18,6 +18,7 @@ import concurrent.futures
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import pathlib
 import sys
@@ -333,7 +334,9 @@ def write_demo_clean(
     (root / "instructions").mkdir(exist_ok=True)
     arguments = [(root / "data", index, frames, seed, length_jitter) for index in range(episodes)]
     if workers > 1:
-        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        # Spawned, not forked: a fork of a process that already ran OpenCV can hang on its inherited thread locks.
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
             list(pool.map(write_one, *zip(*arguments)))
     else:
         for argument in arguments:
