@@ -74,6 +74,8 @@ readonly DEMO_STEPS=3
 # Set by the signal handler and read by the training loop; a trap can only reach globals.
 INTERRUPTED=0
 CHILD_PID=""
+# Set by convert_dataset when this run wrote the dataset, which makes norm stats computed before it stale.
+CONVERTED=0
 # The run's results, one entry per config, filled by train_configs and printed by print_summary.
 RESULTS=()
 SECONDS_TAKEN=()
@@ -476,6 +478,7 @@ convert_dataset() {
     preflight_disk "${ROOT}" "${DATASET}" || return 1
     echo "convert: ${ROOT} -> ${DATASET}"
     "${convert[@]}" || { err "conversion of ${ROOT} failed"; return 1; }
+    CONVERTED=1
   else
     echo "convert: ${DATASET} exists, kept (--reconvert converts again)"
   fi
@@ -501,12 +504,15 @@ is_finished() {
   ((!FORCE)) && [[ -f "${LOG_DIR}/$1.done" ]]
 }
 
-# openpi keeps norm stats per config under its assets folder; the demo's trainer computes its own.
+# openpi keeps norm stats per config under its assets folder; the demo's trainer computes its own when missing.
 compute_norm_stats() {
   local config log
   if ((!${#NORM_STATS_CMD_WORDS[@]})); then
     if ((DRY_RUN)); then
       echo "+ norm stats: computed by the training command"
+    elif ((DEMO && CONVERTED)) && [[ -d "${OUT}/openpi/assets" ]]; then
+      echo "norm stats: the dataset was converted anew, so the demo's earlier ones are removed"
+      rm -rf "${OUT}/openpi/assets"
     fi
     return
   fi
@@ -518,7 +524,7 @@ compute_norm_stats() {
       show_cmd env -C "${WORKDIR}" "${NORM_STATS_CMD_WORDS[@]}" "${config}"
       continue
     fi
-    if [[ -f "${WORKDIR}/assets/${config}/${REPO_ID}/norm_stats.json" ]]; then
+    if ((!CONVERTED)) && [[ -f "${WORKDIR}/assets/${config}/${REPO_ID}/norm_stats.json" ]]; then
       echo "norm stats: ${config} has them already"
       continue
     fi

@@ -191,6 +191,19 @@ def test_norm_stats_come_before_the_first_training(lab: dict) -> None:
     assert calls == ["norm_stats"] * 4 + ["train"] * 4
 
 
+def test_norm_stats_already_in_the_checkout_are_kept(lab: dict) -> None:
+    checkout = shutil.copytree(lab["env"]["OPENPI_DIR"], lab["tmp"] / "openpi")
+    stats = checkout / "assets" / PROGRESS_CONFIGS[2] / REPO_ID / "norm_stats.json"
+    stats.parent.mkdir(parents=True)
+    stats.write_text("{}")
+
+    result = run_launcher(lab, OPENPI_DIR=str(checkout))
+
+    assert result.returncode == 0, result.stderr
+    norm_stats = [line.split()[1] for line in lab["calls"].read_text().splitlines() if line.startswith("norm_stats ")]
+    assert norm_stats == [config for config in PROGRESS_CONFIGS if config != PROGRESS_CONFIGS[2]]
+
+
 def test_a_failed_config_stops_the_sequence(lab: dict) -> None:
     result = run_launcher(lab, FAIL_CONFIGS=PROGRESS_CONFIGS[1])
 
