@@ -8,6 +8,9 @@ Parameters: each of the five RoboTwin configs is built abstractly (nnx.eval_shap
 size (SigLIP So400m/14, gemma_2b, gemma_300m) and its parameters counted; "added" is the difference to the
 baseline config. Goal: under 0.1 %.
 
+FLOPs: the same full-size configs' training step is lowered (not compiled) and XLA's cost analysis read; a
+deterministic cross-check of the step-time figures, which the machine's load makes noisy.
+
 Step time: each config with dummy gemma for both experts and a tiny SigLIP (the CPU variants of
 openpi_patch/cpu_variants.py) runs a jitted training step (gradient of the mean of compute_loss, as openpi's
 train.py takes it, and an Adam update) on one fake batch. After one compiling step per config, the configs take
@@ -59,6 +62,28 @@ def count_params(name: str) -> int:
 
     model = nnx.eval_shape(lambda: _config.get_config(name).model.create(jax.random.key(0)))
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def count_step_flops(name: str) -> float:
+    """XLA's cost estimate of the full-size training step (value and gradient of compute_loss), batch 1, lowered
+    from abstract parameters without compiling. XLA counts the body of each scanned layer stack once."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from openpi.shared import array_typing as at
+    from openpi.training import config as _config
+
+    model_config = _config.get_config(name).model
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: model_config.create(jax.random.key(0))))
+
+    def loss(state, observation, actions):
+        model = nnx.merge(graphdef, state)
+        return jnp.mean(model.compute_loss(jax.random.key(0), observation, actions))
+
+    # lowering rebuilds Observation around argument descriptions, which its runtime type check rejects
+    with at.disable_typechecking():
+        lowered = jax.jit(jax.value_and_grad(loss)).lower(state, model_config.fake_obs(1), model_config.fake_act(1))
+    return lowered.cost_analysis()["flops"]
 
 
 def make_train_step():
@@ -116,6 +141,17 @@ def render_params(counts: list[ParamCount]) -> str:
     return "\n".join(lines)
 
 
+def render_flops(flops: dict[str, float]) -> str:
+    lines = [
+        "Training-step FLOPs at full size, batch 1 (XLA cost analysis; each scanned layer stack counted once,",
+        "so the backbone is undercounted and the true overhead is smaller than shown)",
+        f"{'config':<48} {'GFLOP':>10} {'vs baseline':>12}",
+    ]
+    for name, value in flops.items():
+        lines.append(f"{name:<48} {value / 1e9:>10.1f} {100 * (value / flops[BASELINE] - 1):>+11.3f}%")
+    return "\n".join(lines)
+
+
 def render_steps(results: list[StepTime], *, steps: int, batch_size: int, siglip: str) -> str:
     lines = [
         f"Training-step time on this CPU (dummy gemma, SigLIP {siglip}, batch {batch_size}, median of {steps} steps)",
@@ -155,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             totals = {name: count_params(name) for name in names}
             counts = [ParamCount(name, totals[name], totals[name] - totals[BASELINE]) for name in names]
             print(render_params(counts), flush=True)
+            print(render_flops({name: count_step_flops(name) for name in names}), flush=True)
         if not args.skip_steps:
             results = time_steps(names, steps=args.steps, batch_size=args.batch_size, siglip=args.siglip)
             print(render_steps(results, steps=args.steps, batch_size=args.batch_size, siglip=args.siglip))
