@@ -67,8 +67,30 @@ run_demo() {
   fi
   local python="${VENV}/bin/python"
   local samples="${out}/samples/place_dual_shoes/demo_clean"
+  local started=${SECONDS}
+
+  echo "== 1/4 sample episodes"
   "${python}" "${ROOT}/generate_robotwin_samples.py" --out "${out}/samples"
+
+  echo "== 2/4 camera videos"
+  "${python}" "${ROOT}/visualize_hdf5_cameras.py" --root "${samples}/data" --out "${out}/videos" --overwrite
+
+  echo "== 3/4 GPU monitor snapshot"
+  if ! "${python}" "${ROOT}/gpumon.py" --once; then
+    # No driver here: show what the monitor draws for a simulated 8-GPU box (the tests' fake NVML).
+    echo "(simulated 8-GPU box from tests/fake_nvml, since this machine has no NVIDIA driver)"
+    PYTHONPATH="${ROOT}/tests/fake_nvml" FAKE_NVML_SCENARIO=eight COLUMNS=120 LINES=24 \
+      "${python}" "${ROOT}/gpumon.py" --once
+  fi
+
+  echo "== 4/4 conversion to LeRobot and the four progress experiments on the CPU"
+  # --reconvert --force: a second demo repeats every stage rather than skipping what finished before.
+  PYTHON="${python}" bash "${ROOT}/run_experiments.sh" --demo --out "${out}" --root "${samples}" --reconvert --force
+
   echo "demo: sample episodes in ${samples}"
+  echo "demo: camera videos in ${out}/videos (open ${out}/videos/index.html)"
+  echo "demo: LeRobot dataset, training logs and checkpoints under ${out} (see run_experiments.sh's summary above)"
+  echo "demo: finished in $((SECONDS - started)) s"
 }
 
 run_tests() {
