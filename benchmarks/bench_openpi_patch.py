@@ -15,8 +15,8 @@ Step time: each config with dummy gemma for both experts and a tiny SigLIP (the 
 openpi_patch/cpu_variants.py) runs a jitted training step (gradient of the mean of compute_loss, as openpi's
 train.py takes it, and an Adam update) on one fake batch. After one compiling step per config, the configs take
 turns step by step (each round starting with another config), so load from other processes hits all of them alike;
-the figures are the median and the fastest step time, each relative to the baseline's in the same run; the goal
-(under 3 %) is judged on the median. Takes a few minutes on 2 cores.
+the figures are the median and the fastest wall time and the median CPU time of the process (all its threads), each
+relative to the baseline's in the same run; the goal (under 3 %) is judged on the median wall time. Takes a few minutes on 2 cores.
 
 Prints two tables to stdout; writes nothing but the patched openpi copy and the stand-in tokenizer in a temporary
 folder (or --workdir).
@@ -53,6 +53,7 @@ class StepTime:
     name: str
     median_s: float
     min_s: float
+    median_cpu_s: float  # CPU time of all this process's threads: less sensitive to other processes than wall time
 
 
 def count_params(name: str) -> int:
@@ -122,10 +123,13 @@ def time_steps(names: tuple[str, ...], *, steps: int, batch_size: int, siglip: s
         # each round starts with another config, so a position in the round costs all configs alike
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             model, optimizer, batch = runs[name]
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             jax.block_until_ready(train_step(model, optimizer, *batch))
-            times[name].append(time.perf_counter() - start)
-    return [StepTime(name, statistics.median(t), min(t)) for name, t in times.items()]
+            times[name].append((time.perf_counter() - start, time.process_time() - start_cpu))
+    return [
+        StepTime(name, statistics.median(w for w, _ in t), min(w for w, _ in t), statistics.median(c for _, c in t))
+        for name, t in times.items()
+    ]
 
 
 def render_params(counts: list[ParamCount]) -> str:
@@ -154,18 +158,18 @@ def render_flops(flops: dict[str, float]) -> str:
 
 def render_steps(results: list[StepTime], *, steps: int, batch_size: int, siglip: str) -> str:
     lines = [
-        f"Training-step time on this CPU (dummy gemma, SigLIP {siglip}, batch {batch_size}, median of {steps} steps)",
-        f"{'config':<48} {'median s':>9} {'vs baseline':>12} {'min s':>7} {'vs baseline':>12}",
+        f"Training-step time on this CPU (dummy gemma, SigLIP {siglip}, batch {batch_size}, {steps} steps each)",
+        f"{'config':<48} {'median s':>9} {'vs base':>8} {'min s':>7} {'vs base':>8} {'CPU s':>7} {'vs base':>8}",
     ]
-    base = next(r.median_s for r in results if r.name == BASELINE)
-    base_min = next(r.min_s for r in results if r.name == BASELINE)
+    base = next(r for r in results if r.name == BASELINE)
     for r in results:
         lines.append(
-            f"{r.name:<48} {r.median_s:>9.3f} {100 * (r.median_s / base - 1):>+11.1f}%"
-            f" {r.min_s:>7.3f} {100 * (r.min_s / base_min - 1):>+11.1f}%"
+            f"{r.name:<48} {r.median_s:>9.3f} {100 * (r.median_s / base.median_s - 1):>+7.1f}%"
+            f" {r.min_s:>7.3f} {100 * (r.min_s / base.min_s - 1):>+7.1f}%"
+            f" {r.median_cpu_s:>7.3f} {100 * (r.median_cpu_s / base.median_cpu_s - 1):>+7.1f}%"
         )
-    worst = max(100 * (r.median_s / base - 1) for r in results)
-    lines.append(f"goal: under +{STEP_GOAL_PERCENT}% -> {'met' if worst < STEP_GOAL_PERCENT else 'NOT met'}")
+    worst = max(100 * (r.median_s / base.median_s - 1) for r in results)
+    lines.append(f"goal: median under +{STEP_GOAL_PERCENT}% -> {'met' if worst < STEP_GOAL_PERCENT else 'NOT met'}")
     return "\n".join(lines)
 
 
