@@ -391,6 +391,11 @@ def test_data_config_builds_distance_targets_left_then_right(patched):
     np.testing.assert_allclose(batch["aux_targets"], [v[1:] for v in PROGRESS_VALUES])
 
 
+def test_data_config_reads_the_converters_action_column(patched):
+    config = cpu_variants.small_config(BASELINE)
+    assert config.data.create(config.assets_dirs, config.model).action_sequence_keys == ("action",)
+
+
 def test_data_config_of_the_baseline_has_no_aux_targets(patched):
     assert "aux_targets" not in pipeline_batch(cpu_variants.small_config(BASELINE))
 
