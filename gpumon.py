@@ -3,7 +3,7 @@
     python gpumon.py                  # full screen, refreshed every second; q quits
     python gpumon.py --interval 0.5   # faster refresh (minimum 0.25 s)
     python gpumon.py --once           # one snapshot on stdout, colour only on a terminal
-    python gpumon.py --json           # one snapshot as JSON (schema in docs/gpumon.md)
+    python gpumon.py --json           # one snapshot as JSON (schema in README.md)
 
 Top: one line per GPU (index, name, temperature, fan, performance state, power / limit, memory used / total with a
 bar, utilisation with a bar; green/yellow/red at 10/75 % utilisation and 10/80 % memory) and, where the pane is
