@@ -9,7 +9,8 @@
 # complete install, so a second call costs a second.
 set -euo pipefail
 
-readonly ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly ROOT
 readonly VENV="${TOOLKIT_VENV:-${ROOT}/.venv}"
 readonly STAMP="${VENV}/.toolkit-requirements.sha256"
 

@@ -1,6 +1,7 @@
 """Shared fixtures: the tools are single scripts at the repository root, imported here as modules."""
 
 import pathlib
+import signal
 import sys
 
 import pytest
@@ -22,3 +23,12 @@ def demo_clean(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """
     out = tmp_path_factory.mktemp("samples")
     return generate_robotwin_samples.write_demo_clean(out, episodes=SAMPLE_EPISODES, frames=SAMPLE_FRAMES, seed=0)
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child that a test interrupts: SIGINT back to its default, as under a terminal.
+
+    A process started with SIGINT ignored (a CI runner, `nohup`, a background job of a script) passes that on, and
+    an ignored SIGINT can be neither trapped by bash nor turned into KeyboardInterrupt by Python.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -21,6 +21,7 @@ import pytest
 
 import convert_robotwin_democlean_to_lerobot as converter
 import generate_robotwin_samples as samples
+from conftest import default_sigint
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "convert_robotwin_democlean_to_lerobot.py"
@@ -416,7 +417,9 @@ def test_ctrl_c_on_the_command_line_leaves_no_dataset(small_demo, tmp_path):
     env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache")}
     argv = [sys.executable, str(SCRIPT), "--root", str(small_demo), "--repo-id", "t/ctrlc", "--output-root", str(out)]
     # Its own session, so that the signal reaches the converter and its workers the way a terminal's Ctrl-C does.
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=default_sigint
+    )
     try:
         deadline = time.monotonic() + 120
         while not list(out.glob("t/.ctrlc.partial-*/meta")) and time.monotonic() < deadline and process.poll() is None:

@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from conftest import default_sigint
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCHER = REPO_ROOT / "run_experiments.sh"
@@ -324,6 +325,7 @@ def test_interrupt_stops_the_current_training_and_names_what_remains(lab: dict) 
     launcher = subprocess.Popen(
         ["bash", str(LAUNCHER), *lab["args"]],
         env={**lab["env"], "TRAIN_SLEEP": "120"},
+        preexec_fn=default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
