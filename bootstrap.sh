@@ -78,9 +78,9 @@ run_demo() {
 
   echo "== 3/4 GPU monitor snapshot"
   if ! "${python}" "${ROOT}/gpumon.py" --once; then
-    # No driver here: show what the monitor draws for a simulated 8-GPU box (the tests' fake NVML).
-    echo "(simulated 8-GPU box from tests/fake_nvml, since this machine has no NVIDIA driver)"
-    PYTHONPATH="${ROOT}/tests/fake_nvml" FAKE_NVML_SCENARIO=eight COLUMNS=120 LINES=24 \
+    # No driver here: show what the monitor draws for a simulated GPU (the tests' fake NVML).
+    echo "(a simulated GPU from tests/fake_nvml, since this machine has no NVIDIA driver)"
+    PYTHONPATH="${ROOT}/tests/fake_nvml" FAKE_NVML_SCENARIO=one COLUMNS=120 LINES=24 \
       "${python}" "${ROOT}/gpumon.py" --once
   fi
 
