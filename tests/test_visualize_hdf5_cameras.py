@@ -22,6 +22,9 @@ from conftest import default_sigint
 FRAMES = 40  # episode length of the shared demo_clean fixture
 # Long enough that an episode takes seconds to write, so a signal lands mid-video also on an idle machine.
 LONG_FRAMES = 600
+# Large frames make each video take seconds to encode, so that the signal lands while it is written even when this
+# test process stalls (a garbage collection after the openpi tests' large heaps can take a second or more).
+SLOW_ARGS = ("--size", "1600x1200")
 TOOL = pathlib.Path(vis.__file__)
 
 
@@ -320,7 +323,7 @@ def test_encoder_crash_leaves_no_partial_file(demo_clean, tmp_path, monkeypatch,
 def start_tool(root: pathlib.Path, out: pathlib.Path) -> subprocess.Popen:
     """The tool in its own process group, as a terminal runs it, returned once a worker is writing a video."""
     process = subprocess.Popen(
-        [sys.executable, str(TOOL), "--root", str(root / "data"), "--out", str(out), "--workers", "2"],
+        [sys.executable, str(TOOL), "--root", str(root / "data"), "--out", str(out), "--workers", "2", *SLOW_ARGS],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
