@@ -60,19 +60,6 @@ class Stage:
     frames: int
 
 
-def ensure_samples(cache: pathlib.Path, episodes: int, frames: int) -> pathlib.Path:
-    """Generate the episodes once; a marker file says the folder is complete."""
-    folder = cache / f"samples-e{episodes}-f{frames}-j{LENGTH_JITTER}-s{SEED}"
-    root = folder / generate_robotwin_samples.TASK_NAME / "demo_clean"
-    if not (folder / "complete").is_file():
-        shutil.rmtree(folder, ignore_errors=True)
-        started = time.perf_counter()
-        generate_robotwin_samples.write_demo_clean(folder, episodes, frames, SEED, LENGTH_JITTER, os.cpu_count() or 1)
-        (folder / "complete").write_text("")
-        print(f"generated {episodes} episodes x ~{frames} frames in {time.perf_counter() - started:.0f} s -> {root}")
-    return root
-
-
 def folder_size(path: pathlib.Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -238,7 +225,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    root = ensure_samples(args.cache, args.episodes, args.frames)
+    root = generate_robotwin_samples.cached_demo_clean(
+        args.cache, args.episodes, args.frames, SEED, LENGTH_JITTER, os.cpu_count() or 1
+    )
     sources = converter.find_episodes(root)
     lerobot = converter.load_lerobot()
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-", dir=args.cache))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import json
 import multiprocessing
 import os
 import pathlib
@@ -36,12 +35,12 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import generate_robotwin_samples  # noqa: E402
+import visualize_hdf5_cameras  # noqa: E402
 
 TOOL = REPO_ROOT / "visualize_hdf5_cameras.py"
 GRID = ("front_camera", "head_camera", "left_camera", "right_camera")
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480
 FPS = 30
-PARAMS_FILE = "bench_params.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,22 +59,6 @@ class Measurement:
 def cpu_seconds() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def ensure_samples(cache: pathlib.Path, episodes: int, frames: int, jitter: int, workers: int) -> pathlib.Path:
-    """The data/ folder of the benchmark episodes, generated unless the cache already holds the same ones."""
-    params = {"episodes": episodes, "frames": frames, "length_jitter": jitter, "seed": 0}
-    stamp = cache / PARAMS_FILE
-    demo_clean = cache / generate_robotwin_samples.TASK_NAME / "demo_clean"
-    if not (stamp.exists() and json.loads(stamp.read_text()) == params):
-        print(f"generating {episodes} episodes x ~{frames} frames into {cache} ...", flush=True)
-        demo_clean = generate_robotwin_samples.write_demo_clean(cache, episodes, frames, 0, jitter, workers)
-        stamp.write_text(json.dumps(params))
-    return demo_clean / "data"
-
-
-def episode_files(data: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(data.glob("episode*.hdf5"), key=lambda path: int(path.stem.removeprefix("episode")))
 
 
 def decode_episode(path: pathlib.Path) -> int:
@@ -197,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench_vis_") as scratch:
         cache = args.cache if args.cache is not None else pathlib.Path(scratch) / "samples"
-        data = ensure_samples(cache, args.episodes, args.frames, args.length_jitter, args.workers)
-        files = episode_files(data)
+        demo_clean = generate_robotwin_samples.cached_demo_clean(
+            cache, args.episodes, args.frames, length_jitter=args.length_jitter, workers=args.workers
+        )
+        data = demo_clean / "data"
+        files = [path for _, path in visualize_hdf5_cameras.find_episode_files(data)]
         print(f"{len(files)} episodes in {data}; {os.cpu_count()} CPUs; measuring ...", flush=True)
         floor = measure_floor(files, 1)
         rows = [floor]
