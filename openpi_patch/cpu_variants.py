@@ -1,6 +1,6 @@
 """Run the patched openpi on a CPU machine without network: the one place tests and the CPU demo take it from.
 
-API (six names):
+API (seven names):
     use_patched_openpi(workdir) -> pathlib.Path
         Copies the installed openpi package (rpent-openpi) to workdir/openpi, applies openpi_patch/patches there
         and puts workdir first on sys.path, so `import openpi` gives the patched copy. Returns the folder to put
@@ -19,6 +19,9 @@ API (six names):
     small_config(name, *, batch_size=2, params_path=None) -> TrainConfig
         The named train config with dummy gemma for both experts, the given batch size, no worker processes, and
         a NoOp weight loader, or the config's own weight loader reading params_path when one is given.
+    sequence_length(model, observation, actions) -> int
+        Tokens in the one prefix + suffix pass of compute_loss, as the model embeds them (three 224x224 images at
+        patch 14, the prompt slots, the progress token if the action expert is conditioned on it, the horizon).
     EXPERIMENT_CONFIGS
         The five config names the patch adds: four experiments and the baseline.
     installed_openpi() -> pathlib.Path
@@ -178,3 +181,17 @@ def small_config(name: str, *, batch_size: int = 2, params_path: str | None = No
         num_workers=0,
         weight_loader=weight_loader,
     )
+
+
+def sequence_length(model, observation, actions) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    # a data-loader batch holds numpy arrays; the model's type checks want jax arrays
+    observation = jax.tree.map(jnp.asarray, observation)
+    prefix_tokens, _, _ = model.embed_prefix(observation)
+    progress = getattr(model, "progress", None)
+    conditioning = observation.aux_targets if progress is not None and progress.condition_actions else None
+    timestep = jnp.full(actions.shape[0], 0.5)
+    suffix_tokens, *_ = model.embed_suffix(observation, actions, timestep, conditioning)
+    return prefix_tokens.shape[1] + suffix_tokens.shape[1]

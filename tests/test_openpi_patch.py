@@ -430,7 +430,7 @@ def test_robotwin_outputs_return_the_14_robot_dims(patched):
     np.testing.assert_array_equal(out["actions"], actions[:, :14])
 
 
-def test_the_five_configs_differ_only_in_progress(patched):
+def test_the_five_configs_differ_only_in_progress_and_the_slot_its_token_takes(patched):
     from openpi.training import config as _config
 
     baseline = _config.get_config(BASELINE)
@@ -438,10 +438,22 @@ def test_the_five_configs_differ_only_in_progress(patched):
     for name in EXPERIMENTS:
         config = _config.get_config(name)
         assert config.model.progress is not None
+        assert config.model.max_token_len == baseline.model.max_token_len - 1, name
         unprogressed = dataclasses.replace(
-            config, name=BASELINE, model=dataclasses.replace(config.model, progress=None)
+            config,
+            name=BASELINE,
+            model=dataclasses.replace(config.model, progress=None, max_token_len=baseline.model.max_token_len),
         )
         assert unprogressed == baseline, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_runs_the_baselines_sequence_length(name, models, batches):
+    """The conditioning token takes a prompt slot, so an experiment compiles to the baseline's shapes."""
+    baseline = cpu_variants.sequence_length(models(BASELINE), *batches(BASELINE))
+    assert baseline == 3 * 256 + 200 + 50  # three 224x224 images at patch 14, pi05's prompt budget, the horizon
+    assert cpu_variants.sequence_length(models(name), *batches(name)) == baseline
 
 
 def test_predict_progress_reads_the_last_valid_token(patched, models):
