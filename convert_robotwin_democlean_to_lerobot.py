@@ -59,7 +59,9 @@ JOINT_NAMES = tuple(
     for side in ("left", "right")
     for joint in ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper")
 )
-ENDPOSE_NAMES = tuple(f"{side}_{axis}" for side in ("left", "right") for axis in ("x", "y", "z", "qw", "qx", "qy", "qz"))
+ENDPOSE_NAMES = tuple(
+    f"{side}_{axis}" for side in ("left", "right") for axis in ("x", "y", "z", "qw", "qx", "qy", "qz")
+)
 # RoboTwin camera -> LeRobot image key, the mapping RoboTwin's and openpi's own scripts use.
 CAMERA_KEYS = {
     "head_camera": "cam_high",
@@ -651,41 +653,69 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--root", type=pathlib.Path, required=True, metavar="DIR", help="a .../<task>/demo_clean folder")
+    parser.add_argument(
+        "--root", type=pathlib.Path, required=True, metavar="DIR", help="a .../<task>/demo_clean folder"
+    )
     parser.add_argument("--repo-id", required=True, help="dataset name, e.g. robotwin/place_dual_shoes")
     parser.add_argument(
         "--output-root", type=pathlib.Path, metavar="DIR", help="write DIR/<repo-id> (default: $HF_LEROBOT_HOME)"
     )
     parser.add_argument(
-        "--cameras", nargs="+", choices=tuple(CAMERA_KEYS), default=list(DEFAULT_CAMERAS), metavar="CAMERA",
+        "--cameras",
+        nargs="+",
+        choices=tuple(CAMERA_KEYS),
+        default=list(DEFAULT_CAMERAS),
+        metavar="CAMERA",
         help=f"RoboTwin cameras to store (default: {' '.join(DEFAULT_CAMERAS)}; front_camera becomes cam_front)",
     )
     parser.add_argument(
-        "--image-size", type=parse_size, default=NATIVE_SIZE, metavar="WxH",
+        "--image-size",
+        type=parse_size,
+        default=NATIVE_SIZE,
+        metavar="WxH",
         help="resize images to WIDTHxHEIGHT (default: native 320x240)",
     )
     parser.add_argument("--video", action="store_true", help="store images as mp4 videos instead of PNG in parquet")
-    parser.add_argument("--instructions", choices=("seen", "unseen"), default="seen", help="instruction list (default seen)")
+    parser.add_argument(
+        "--instructions", choices=("seen", "unseen"), default="seen", help="instruction list (default seen)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for choosing each episode's instruction (default 0)")
     parser.add_argument("--default-prompt", metavar="TEXT", help="task for episodes without an instruction file")
-    parser.add_argument("--verify", action="store_true", help="reopen the dataset like openpi and compare with the source")
-    parser.add_argument("--verify-frames", type=int, default=4, metavar="N", help="frames checked per episode (default 4)")
+    parser.add_argument(
+        "--verify", action="store_true", help="reopen the dataset like openpi and compare with the source"
+    )
+    parser.add_argument(
+        "--verify-frames", type=int, default=4, metavar="N", help="frames checked per episode (default 4)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     parser.add_argument("--skip-bad", action="store_true", help="convert the good episodes and list the bad ones")
     parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
         help="processes that validate and decode episodes (default: CPU count)",
     )
     parser.add_argument(
-        "--image-writer-threads", type=int, default=DEFAULT_IMAGE_WRITER_THREADS, metavar="N",
+        "--image-writer-threads",
+        type=int,
+        default=DEFAULT_IMAGE_WRITER_THREADS,
+        metavar="N",
         help=f"threads of lerobot's PNG writer (default {DEFAULT_IMAGE_WRITER_THREADS})",
     )
     parser.add_argument(
-        "--image-writer-processes", type=int, default=DEFAULT_IMAGE_WRITER_PROCESSES, metavar="N",
+        "--image-writer-processes",
+        type=int,
+        default=DEFAULT_IMAGE_WRITER_PROCESSES,
+        metavar="N",
         help=f"processes of lerobot's PNG writer (default {DEFAULT_IMAGE_WRITER_PROCESSES})",
     )
     parser.add_argument(
-        "--png-level", type=int, choices=range(10), default=DEFAULT_PNG_LEVEL, metavar="0-9",
+        "--png-level",
+        type=int,
+        choices=range(10),
+        default=DEFAULT_PNG_LEVEL,
+        metavar="0-9",
         help=f"zlib level of the lossless PNG frames (default {DEFAULT_PNG_LEVEL}; PIL's default is 6)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -701,7 +731,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    options = Options(tuple(dict.fromkeys(args.cameras)), args.image_size, args.instructions, args.seed, args.default_prompt)
+    options = Options(
+        tuple(dict.fromkeys(args.cameras)), args.image_size, args.instructions, args.seed, args.default_prompt
+    )
     episodes = find_episodes(args.root)
     lerobot = load_lerobot()
     loaded_at = time.perf_counter()

@@ -117,7 +117,14 @@ def fake_inverse_kinematics(xyz: np.ndarray, side: float) -> np.ndarray:
     """A smooth, deterministic stand-in for the arm's joint angles at an end-effector position."""
     x, y, z = xyz[:, 0] * side, xyz[:, 1], xyz[:, 2] - TABLE_Z
     return np.stack(
-        [np.arctan2(y + 0.4, x + 0.1), 1.2 - 2.5 * z, 0.8 * x - 0.3, np.sin(3 * y), 0.5 * np.cos(2 * x) - 0.2, 0.4 * x + y],
+        [
+            np.arctan2(y + 0.4, x + 0.1),
+            1.2 - 2.5 * z,
+            0.8 * x - 0.3,
+            np.sin(3 * y),
+            0.5 * np.cos(2 * x) - 0.2,
+            0.4 * x + y,
+        ],
         axis=1,
     )
 
@@ -266,7 +273,9 @@ def render_frame(episode: Episode, camera: str, t: int, texture: np.ndarray) -> 
             u, v, scale = project(camera, arm_xyz)
             spread = round((6 + 10 * gripper) * scale)
             for side in (-1, 1):
-                cv2.rectangle(image, (u + side * spread - 3, v - 14), (u + side * spread + 3, v + 4), GRIPPER_COLOUR, -1)
+                cv2.rectangle(
+                    image, (u + side * spread - 3, v - 14), (u + side * spread + 3, v + 4), GRIPPER_COLOUR, -1
+                )
     return image
 
 
@@ -343,7 +352,8 @@ def write_demo_clean(
         for argument in arguments:
             write_one(*argument)
     scene_info = {
-        f"episode_{index}": {"info": {"{A}": "041_shoe/base3", "{B}": "007_shoe-box/base0"}} for index in range(episodes)
+        f"episode_{index}": {"info": {"{A}": "041_shoe/base3", "{B}": "007_shoe-box/base0"}}
+        for index in range(episodes)
     }
     (root / "scene_info.json").write_text(json.dumps(scene_info, indent=2))
     (root / "seed.txt").write_text(" ".join(str(seed * 1000 + index) for index in range(episodes)) + "\n")
@@ -368,13 +378,27 @@ def cached_demo_clean(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=pathlib.Path, required=True, metavar="DIR", help="folder that receives place_dual_shoes/demo_clean")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        required=True,
+        metavar="DIR",
+        help="folder that receives place_dual_shoes/demo_clean",
+    )
     parser.add_argument("--episodes", type=int, metavar="N", default=3, help="number of episodes (default 3)")
-    parser.add_argument("--frames", type=int, metavar="N", default=48, help=f"frames per episode, at least {MIN_FRAMES} (default 48)")
-    parser.add_argument("--length-jitter", type=int, metavar="N", default=0, help="vary each episode's length by up to this many frames")
+    parser.add_argument(
+        "--frames", type=int, metavar="N", default=48, help=f"frames per episode, at least {MIN_FRAMES} (default 48)"
+    )
+    parser.add_argument(
+        "--length-jitter", type=int, metavar="N", default=0, help="vary each episode's length by up to this many frames"
+    )
     parser.add_argument("--seed", type=int, metavar="N", default=0, help="same seed, same files (default 0)")
-    parser.add_argument("--workers", type=int, metavar="N", default=os.cpu_count() or 1, help="processes (default: CPU count)")
+    parser.add_argument(
+        "--workers", type=int, metavar="N", default=os.cpu_count() or 1, help="processes (default: CPU count)"
+    )
     args = parser.parse_args(argv)
     if args.frames - args.length_jitter < MIN_FRAMES:
         parser.error(f"--frames minus --length-jitter must be at least {MIN_FRAMES}")

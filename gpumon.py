@@ -37,8 +37,9 @@ import termios
 import time
 import tty
 from collections import deque
+from collections.abc import Callable, Iterable
 from types import FrameType, ModuleType
-from typing import Any, Callable, Iterable
+from typing import Any
 
 PROG = "gpumon.py"
 DEFAULT_INTERVAL = 1.0
@@ -94,7 +95,7 @@ HISTORY_MIN_WIDTH = 40
 PROCESS_ROWS_BEFORE_HISTORY = 6
 
 # key -> (title, what is compared, descending by default)
-SORT_KEYS: dict[str, tuple[str, Callable[["Process"], Any], bool]] = {
+SORT_KEYS: dict[str, tuple[str, Callable[[Process], Any], bool]] = {
     "m": ("GPU-MEM", lambda p: p.gpu_memory, True),
     "s": ("%SM", lambda p: p.sm, True),
     "c": ("%CPU", lambda p: p.cpu, True),
@@ -489,8 +490,19 @@ def collect(session: NvmlSession, host: HostProcesses) -> Snapshot:
                 processes.append(Process(device.index, pid, kind, state, gpu_memory, sm.get(pid)))
                 continue
             processes.append(
-                Process(device.index, pid, kind, "running", gpu_memory, sm.get(pid), info.user, info.cpu,
-                        info.host_memory, info.elapsed, info.command)
+                Process(
+                    device.index,
+                    pid,
+                    kind,
+                    "running",
+                    gpu_memory,
+                    sm.get(pid),
+                    info.user,
+                    info.cpu,
+                    info.host_memory,
+                    info.elapsed,
+                    info.command,
+                )
             )
         device.lost = device.lost or device.index in session.lost
     # A vanished process stays "vanished" while NVML still lists it; it is forgotten once NVML drops it too.
@@ -618,9 +630,7 @@ def sparkline(values: Iterable[float], width: int, glyphs: Glyphs) -> str:
         return ""
     recent = list(values)[-width:]
     top = len(glyphs.spark) - 1
-    chars = [
-        " " if v != v else glyphs.spark[min(top, max(1 if v > 0 else 0, round(v / 100 * top)))] for v in recent
-    ]
+    chars = [" " if v != v else glyphs.spark[min(top, max(1 if v > 0 else 0, round(v / 100 * top)))] for v in recent]
     return " " * (width - len(chars)) + "".join(chars)
 
 
@@ -729,8 +739,9 @@ def render_history(device: Device, history: History, width: int, view: View) -> 
     each = max(room // 2, 0)
     util = sparkline(history.util.get(device.index, ()), each, view.glyphs)
     memory = sparkline(history.memory.get(device.index, ()), each, view.glyphs)
-    return " ".join([indent + paint("util", DIM, view), paint(util, CYAN, view), paint("mem", DIM, view),
-                     paint(memory, CYAN, view)])
+    return " ".join(
+        [indent + paint("util", DIM, view), paint(util, CYAN, view), paint("mem", DIM, view), paint(memory, CYAN, view)]
+    )
 
 
 PROCESS_COLUMNS = (
@@ -825,9 +836,7 @@ def plan_rows(height: int, width: int, n_devices: int, n_processes: int) -> RowP
     rest = rows - shown
     wanted = 1 + n_processes if n_processes else 1
     history = (
-        n_devices > 0
-        and width >= HISTORY_MIN_WIDTH
-        and rest - n_devices >= min(wanted, PROCESS_ROWS_BEFORE_HISTORY)
+        n_devices > 0 and width >= HISTORY_MIN_WIDTH and rest - n_devices >= min(wanted, PROCESS_ROWS_BEFORE_HISTORY)
     )
     if history:
         rest -= n_devices
@@ -902,7 +911,7 @@ def frame(lines: list[str], width: int, height: int) -> str:
 
 def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
     return {
-        "time": datetime.datetime.fromtimestamp(snapshot.time, datetime.timezone.utc).isoformat(),
+        "time": datetime.datetime.fromtimestamp(snapshot.time, datetime.UTC).isoformat(),
         "hostname": snapshot.hostname,
         "driver_version": snapshot.driver,
         "devices": [
@@ -1110,7 +1119,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--once", action="store_true", help="print one snapshot and exit")
     mode.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
     parser.add_argument(
-        "--interval", type=interval_seconds, default=DEFAULT_INTERVAL,
+        "--interval",
+        type=interval_seconds,
+        default=DEFAULT_INTERVAL,
         help=f"seconds between refreshes (default {DEFAULT_INTERVAL}, minimum {MIN_INTERVAL})",
     )
     parser.add_argument("--no-color", action="store_true", help="no colours (also: NO_COLOR set and not empty)")

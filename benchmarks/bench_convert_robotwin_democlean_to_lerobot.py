@@ -100,13 +100,23 @@ def baseline_step2(
         "observation.state": {"dtype": "float32", "shape": (14,), "names": [motors]},
         "action": {"dtype": "float32", "shape": (14,), "names": [motors]},
         **{
-            f"observation.images.{key}": {"dtype": "image", "shape": (3, height, width), "names": ["channels", "height", "width"]}
+            f"observation.images.{key}": {
+                "dtype": "image",
+                "shape": (3, height, width),
+                "names": ["channels", "height", "width"],
+            }
             for key in BASELINE_CAMERAS.values()
         },
     }
     dataset = lerobot.module.LeRobotDataset.create(
-        repo_id="bench/baseline", fps=converter.FPS, robot_type=converter.ROBOT_TYPE, features=features, root=root,
-        use_videos=False, image_writer_processes=writer[0], image_writer_threads=writer[1],
+        repo_id="bench/baseline",
+        fps=converter.FPS,
+        robot_type=converter.ROBOT_TYPE,
+        features=features,
+        root=root,
+        use_videos=False,
+        image_writer_processes=writer[0],
+        image_writer_threads=writer[1],
     )
     total = 0
     try:
@@ -116,7 +126,10 @@ def baseline_step2(
             with h5py.File(folder / f"episode_{index}.hdf5", "r") as f:
                 state, action = f["observations/qpos"][()], f["action"][()]
                 images = {
-                    key: [cv2.imdecode(np.frombuffer(bytes(b), np.uint8), cv2.IMREAD_COLOR) for b in f[f"observations/images/{key}"]]
+                    key: [
+                        cv2.imdecode(np.frombuffer(bytes(b), np.uint8), cv2.IMREAD_COLOR)
+                        for b in f[f"observations/images/{key}"]
+                    ]
                     for key in BASELINE_CAMERAS.values()
                 }
             for t in range(len(state)):
@@ -174,7 +187,9 @@ def render_report(stages: list[Stage], sizes: dict[str, int], episodes: int) -> 
     lines.append("")
     lines += [f"{name:<42}{size / 1e6:>10.1f} MB" for name, size in sizes.items()]
     lines.append("")
-    lines.append(f"end to end, {episodes} episodes: ours is {baseline / ours:.1f}x faster than the baseline (goal >= 3x)")
+    lines.append(
+        f"end to end, {episodes} episodes: ours is {baseline / ours:.1f}x faster than the baseline (goal >= 3x)"
+    )
     return "\n".join(lines)
 
 
@@ -190,16 +205,26 @@ def time_writer_variants(sources: list[converter.EpisodeSource], work: pathlib.P
     best = {}
     for round_number in range(repeats):
         for number, (threads, processes, level) in enumerate(WRITER_VARIANTS):
-            extra = ["--workers", str(workers), "--image-writer-threads", str(threads),
-                     "--image-writer-processes", str(processes), "--png-level", str(level)]
+            extra = [
+                "--workers",
+                str(workers),
+                "--image-writer-threads",
+                str(threads),
+                "--image-writer-processes",
+                str(processes),
+                "--png-level",
+                str(level),
+            ]
             output = work / f"variant{round_number}-{number}"
             seconds, _ = run_ours(subset, output, "bench/variant", extra)
             shutil.rmtree(output)
             best[threads, processes, level] = min(seconds, best.get((threads, processes, level), seconds))
     lines = [f"our converter on {len(sources)} episodes ({frames} frames), best of {repeats}, lerobot writer settings:"]
     for (threads, processes, level), seconds in best.items():
-        lines.append(f"  threads {threads} processes {processes} png level {level}: {seconds:6.1f} s"
-                     f"  {frames / seconds:5.1f} frames/s")
+        lines.append(
+            f"  threads {threads} processes {processes} png level {level}: {seconds:6.1f} s"
+            f"  {frames / seconds:5.1f} frames/s"
+        )
     return "\n".join(lines)
 
 
@@ -210,11 +235,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=224, help="frames per episode, +-8 (default 224)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="our converter's --workers")
     parser.add_argument(
-        "--baseline-writer-processes", type=int, default=BASELINE_WRITER_PROCESSES,
+        "--baseline-writer-processes",
+        type=int,
+        default=BASELINE_WRITER_PROCESSES,
         help=f"lerobot image writer processes in baseline step 2 (default {BASELINE_WRITER_PROCESSES}, RoboTwin's)",
     )
     parser.add_argument(
-        "--baseline-writer-threads", type=int, default=BASELINE_WRITER_THREADS,
+        "--baseline-writer-threads",
+        type=int,
+        default=BASELINE_WRITER_THREADS,
         help=f"lerobot image writer threads in baseline step 2 (default {BASELINE_WRITER_THREADS}, RoboTwin's)",
     )
     parser.add_argument("--writer-variants", action="store_true", help="also time other image-writer settings")
@@ -239,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         writer = (args.baseline_writer_processes, args.baseline_writer_threads)
         frames = baseline_step2(lerobot, work / "intermediate", work / "baseline", len(sources), writer)
-        step2 = Stage(f"baseline 2: lerobot 640x480 ({writer[0]}p x {writer[1]}t)", time.perf_counter() - started, frames)
+        step2 = Stage(
+            f"baseline 2: lerobot 640x480 ({writer[0]}p x {writer[1]}t)", time.perf_counter() - started, frames
+        )
         print(f"{step2.name}: {step2.seconds:.1f} s", flush=True)
         seconds, summary = run_ours(root, work / "ours", "bench/ours", ["--workers", str(args.workers)])
         print(f"ours: {summary}", flush=True)

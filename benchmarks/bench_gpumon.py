@@ -38,8 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from types import ModuleType
-from typing import Callable
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FAKE_DIR = REPO_ROOT / "tests" / "fake_nvml"
@@ -51,8 +51,9 @@ Result = tuple[float, float, float] | str
 
 def steady_gpumon(ticks: int) -> Result:
     sys.path.insert(0, str(REPO_ROOT))
-    import gpumon
     import pynvml
+
+    import gpumon
 
     session = gpumon.NvmlSession(pynvml)
     host = gpumon.HostProcesses()
@@ -72,8 +73,15 @@ def steady_gpustat(ticks: int) -> Result:
     import pynvml
 
     def refresh() -> None:
-        gpustat.new_query().print_formatted(fp=io.StringIO(), force_color=True, show_cmd=True, show_user=True,
-                                            show_pid=True, show_power=True, show_fan_speed=True)
+        gpustat.new_query().print_formatted(
+            fp=io.StringIO(),
+            force_color=True,
+            show_cmd=True,
+            show_user=True,
+            show_pid=True,
+            show_power=True,
+            show_fan_speed=True,
+        )
 
     return measure(refresh, ticks, pynvml)
 
@@ -128,8 +136,13 @@ def run_one_shot(command: list[str], runs: int, processes: int) -> Result:
         calls_file = os.path.join(folder, "calls.json")
         for _ in range(runs):
             before, wall_start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-            result = subprocess.run(command, env=fake_env(processes, calls_file), stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True)
+            result = subprocess.run(
+                command,
+                env=fake_env(processes, calls_file),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             wall_times.append(time.perf_counter() - wall_start)
             if result.returncode != 0:
@@ -157,8 +170,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ticks", type=int, default=50, help="refreshes measured in the steady state")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per one-shot tool (median)")
     parser.add_argument("--processes", type=int, default=200, help="processes on the 8 fake GPUs")
-    parser.add_argument("--tools-venv", type=pathlib.Path, default=DEFAULT_TOOLS_VENV,
-                        help="throwaway venv holding gpustat and nvitop")
+    parser.add_argument(
+        "--tools-venv", type=pathlib.Path, default=DEFAULT_TOOLS_VENV, help="throwaway venv holding gpustat and nvitop"
+    )
     parser.add_argument("--inner", choices=sorted(STEADY), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -179,16 +193,20 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"fake NVML: 8 GPUs x {args.processes} processes; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
     steady = [
-        (f"gpumon (collect + {SCREEN[0]}x{SCREEN[1]} screen)", run_steady(sys.executable, "gpumon", args.ticks,
-                                                                       args.processes)),
+        (
+            f"gpumon (collect + {SCREEN[0]}x{SCREEN[1]} screen)",
+            run_steady(sys.executable, "gpumon", args.ticks, args.processes),
+        ),
         ("gpustat (new_query + print_formatted)", other("gpustat")),
         ("nvitop (cli.main --once, same process)", other("nvitop")),
     ]
     print(table(f"\nSteady state, per refresh (mean of {args.ticks} after a warm-up):", steady))
     bin_dir = args.tools_venv / "bin"
     one_shot = [
-        ("gpumon.py --once", run_one_shot([sys.executable, str(REPO_ROOT / "gpumon.py"), "--once"], args.runs,
-                                          args.processes)),
+        (
+            "gpumon.py --once",
+            run_one_shot([sys.executable, str(REPO_ROOT / "gpumon.py"), "--once"], args.runs, args.processes),
+        ),
         ("gpustat", other_once([str(bin_dir / "gpustat"), "--no-color"])),
         ("nvitop --once", other_once([str(bin_dir / "nvitop"), "--once"])),
     ]

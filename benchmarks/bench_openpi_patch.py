@@ -38,7 +38,7 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from openpi_patch import cpu_variants
+from openpi_patch import cpu_variants  # noqa: E402
 
 BASELINE = "pi05_robotwin_baseline"
 LENGTH_CONTROL = "control: baseline with one prompt slot more"

@@ -59,7 +59,17 @@ def lerobot():
 def converted(demo_clean, tmp_path_factory):
     """The shared three-episode sample converted once with --verify; returns (dataset root, stdout)."""
     out = tmp_path_factory.mktemp("converted")
-    argv = ["--root", str(demo_clean), "--repo-id", "test/demo", "--output-root", str(out), "--verify", "--workers", "1"]
+    argv = [
+        "--root",
+        str(demo_clean),
+        "--repo-id",
+        "test/demo",
+        "--output-root",
+        str(out),
+        "--verify",
+        "--workers",
+        "1",
+    ]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert converter.main(argv) == 0
@@ -246,8 +256,22 @@ def test_task_choice_is_reproducible_and_follows_the_list_kind():
 
 
 def test_front_camera_and_image_size_change_the_schema(small_demo, tmp_path, lerobot, capsys):
-    argv = ["--root", str(small_demo), "--repo-id", "t/small", "--output-root", str(tmp_path), "--workers", "1",
-            "--cameras", "head_camera", "front_camera", "--image-size", "160x120", "--verify"]
+    argv = [
+        "--root",
+        str(small_demo),
+        "--repo-id",
+        "t/small",
+        "--output-root",
+        str(tmp_path),
+        "--workers",
+        "1",
+        "--cameras",
+        "head_camera",
+        "front_camera",
+        "--image-size",
+        "160x120",
+        "--verify",
+    ]
     code, _, err = run(argv, capsys)
     assert code == 0, err
     item = lerobot.module.LeRobotDataset("t/small", root=tmp_path / "t" / "small")[3]
@@ -259,8 +283,20 @@ def test_unseen_instructions_option(small_demo, tmp_path, lerobot, capsys):
     small = copy_demo(small_demo, tmp_path)
     for path in sorted((small / "data").glob("episode*.hdf5"))[1:]:
         path.unlink()
-    argv = ["--root", str(small), "--repo-id", "t/unseen", "--output-root", str(tmp_path / "out"), "--workers", "1",
-            "--cameras", "head_camera", "--instructions", "unseen"]
+    argv = [
+        "--root",
+        str(small),
+        "--repo-id",
+        "t/unseen",
+        "--output-root",
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+        "--cameras",
+        "head_camera",
+        "--instructions",
+        "unseen",
+    ]
     assert run(argv, capsys)[0] == 0
     unseen = json.loads((small / "instructions" / "episode0.json").read_text())["unseen"]
     assert lerobot.module.LeRobotDataset("t/unseen", root=tmp_path / "out" / "t" / "unseen")[0]["task"] in unseen
@@ -270,10 +306,23 @@ def test_video_mode_writes_true_rgb_mp4_per_camera_and_episode(small_demo, tmp_p
     small = copy_demo(small_demo, tmp_path)
     for path in sorted((small / "data").glob("episode*.hdf5"))[1:]:
         path.unlink()
-    argv = ["--root", str(small), "--repo-id", "t/video", "--output-root", str(tmp_path / "out"), "--workers", "1",
-            "--cameras", "head_camera", "--video"]
+    argv = [
+        "--root",
+        str(small),
+        "--repo-id",
+        "t/video",
+        "--output-root",
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+        "--cameras",
+        "head_camera",
+        "--video",
+    ]
     assert run(argv, capsys)[0] == 0
-    video = tmp_path / "out" / "t" / "video" / "videos" / "chunk-000" / "observation.images.cam_high" / "episode_000000.mp4"
+    video = (
+        tmp_path / "out" / "t" / "video" / "videos" / "chunk-000" / "observation.images.cam_high" / "episode_000000.mp4"
+    )
     with av.open(str(video)) as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
     assert len(frames) == SMALL_FRAMES - 1
@@ -358,17 +407,43 @@ def test_default_prompt_replaces_a_missing_instruction_file(small_demo, tmp_path
     for number in (1, 2):
         (demo / "data" / f"episode{number}.hdf5").unlink()
     (demo / "instructions" / "episode0.json").unlink()
-    argv = ["--root", str(demo), "--repo-id", "t/prompt", "--output-root", str(tmp_path / "out"), "--workers", "1",
-            "--cameras", "head_camera", "--default-prompt", "put the shoes away"]
+    argv = [
+        "--root",
+        str(demo),
+        "--repo-id",
+        "t/prompt",
+        "--output-root",
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+        "--cameras",
+        "head_camera",
+        "--default-prompt",
+        "put the shoes away",
+    ]
     assert run(argv, capsys)[0] == 0
-    assert lerobot.module.LeRobotDataset("t/prompt", root=tmp_path / "out" / "t" / "prompt")[0]["task"] == "put the shoes away"
+    assert (
+        lerobot.module.LeRobotDataset("t/prompt", root=tmp_path / "out" / "t" / "prompt")[0]["task"]
+        == "put the shoes away"
+    )
 
 
 def test_skip_bad_converts_the_rest_and_lists_what_it_skipped(small_demo, tmp_path, lerobot, capsys):
     demo = copy_demo(small_demo, tmp_path)
     delete_dataset(demo / "data" / "episode1.hdf5", "joint_action/vector")
-    argv = ["--root", str(demo), "--repo-id", "t/skip", "--output-root", str(tmp_path / "out"), "--workers", "1",
-            "--cameras", "head_camera", "--skip-bad"]
+    argv = [
+        "--root",
+        str(demo),
+        "--repo-id",
+        "t/skip",
+        "--output-root",
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+        "--cameras",
+        "head_camera",
+        "--skip-bad",
+    ]
     code, out, _ = run(argv, capsys)
     assert code == 0
     assert "skipped" in out and "episode1.hdf5: joint_action/vector: missing" in out
@@ -382,8 +457,18 @@ def test_existing_dataset_is_refused_without_overwrite_and_replaced_with_it(smal
     existing = tmp_path / "out" / "t" / "exists"
     existing.mkdir(parents=True)
     (existing / "keep.txt").write_text("previous dataset")
-    argv = ["--root", str(demo), "--repo-id", "t/exists", "--output-root", str(tmp_path / "out"), "--workers", "1",
-            "--cameras", "head_camera"]
+    argv = [
+        "--root",
+        str(demo),
+        "--repo-id",
+        "t/exists",
+        "--output-root",
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+        "--cameras",
+        "head_camera",
+    ]
     code, _, err = run(argv, capsys)
     assert code == 1 and "dataset exists" in err and (existing / "keep.txt").exists()
     assert run([*argv, "--overwrite"], capsys)[0] == 0
@@ -403,8 +488,18 @@ def test_interrupt_during_writing_leaves_no_dataset(small_demo, tmp_path, monkey
 
     monkeypatch.setattr(converter, "write_episode", interrupted_after_first_episode)
     out = tmp_path / "out"
-    argv = ["--root", str(small_demo), "--repo-id", "t/int", "--output-root", str(out), "--workers", "1",
-            "--cameras", "head_camera"]
+    argv = [
+        "--root",
+        str(small_demo),
+        "--repo-id",
+        "t/int",
+        "--output-root",
+        str(out),
+        "--workers",
+        "1",
+        "--cameras",
+        "head_camera",
+    ]
     code, _, err = run(argv, capsys)
     assert code == 130 and "no dataset written" in err
     assert len(calls) == 2
@@ -446,7 +541,9 @@ def test_lerobot_writing_format_v3_is_refused(small_demo, tmp_path, lerobot, mon
 
 def test_lerobot_home_variable_is_refused_with_the_replacement_named(small_demo, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LEROBOT_HOME", str(tmp_path / "old"))
-    code, _, err = run(["--root", str(small_demo), "--repo-id", "t/home", "--output-root", str(tmp_path / "out")], capsys)
+    code, _, err = run(
+        ["--root", str(small_demo), "--repo-id", "t/home", "--output-root", str(tmp_path / "out")], capsys
+    )
     assert code == 1 and "set HF_LEROBOT_HOME instead" in err
     assert not (tmp_path / "out").exists()
 
@@ -472,8 +569,18 @@ def test_installed_lerobot_takes_the_task_as_an_argument(lerobot):
 
 def test_verify_fails_when_the_dataset_differs_from_the_source(small_demo, tmp_path, lerobot, capsys):
     demo = copy_demo(small_demo, tmp_path)
-    argv = ["--root", str(demo), "--repo-id", "t/verify", "--output-root", str(tmp_path / "out"), "--workers", "1",
-            "--cameras", "head_camera"]
+    argv = [
+        "--root",
+        str(demo),
+        "--repo-id",
+        "t/verify",
+        "--output-root",
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+        "--cameras",
+        "head_camera",
+    ]
     assert run(argv, capsys)[0] == 0
     with h5py.File(demo / "data" / "episode0.hdf5", "a") as f:
         f["joint_action/vector"][0, 0] += 0.5
@@ -491,7 +598,10 @@ def test_command_line_writes_to_hf_lerobot_home_and_verifies_by_repo_id(demo_cle
     env = {**os.environ, "HF_LEROBOT_HOME": str(tmp_path / "home"), "HF_DATASETS_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--root", str(demo_clean), "--repo-id", "robotwin/place_dual_shoes", "--verify"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert f"by repo id 'robotwin/place_dual_shoes' from {tmp_path / 'home'}" in result.stdout

@@ -8,7 +8,6 @@ import cv2
 import h5py
 import numpy as np
 import PIL.Image
-import pytest
 
 import generate_robotwin_samples as gen
 from conftest import REPO_ROOT, SAMPLE_EPISODES, SAMPLE_FRAMES
@@ -23,7 +22,9 @@ def colour_fraction(image: np.ndarray, colour: tuple[int, int, int], tolerance: 
 
 
 def test_layout_matches_robotwin(demo_clean: pathlib.Path) -> None:
-    assert sorted(p.name for p in (demo_clean / "data").iterdir()) == [f"episode{i}.hdf5" for i in range(SAMPLE_EPISODES)]
+    assert sorted(p.name for p in (demo_clean / "data").iterdir()) == [
+        f"episode{i}.hdf5" for i in range(SAMPLE_EPISODES)
+    ]
     for index in range(SAMPLE_EPISODES):
         instructions = json.loads((demo_clean / "instructions" / f"episode{index}.json").read_text())
         assert set(instructions) == {"seen", "unseen"}
@@ -164,10 +165,15 @@ def test_length_jitter_varies_lengths_deterministically() -> None:
 
 def test_cli_writes_and_rejects_too_short(tmp_path: pathlib.Path) -> None:
     script = str(REPO_ROOT / "generate_robotwin_samples.py")
-    done = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--episodes", "2", "--frames", "30",
-                           "--workers", "2"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, script, "--out", str(tmp_path), "--episodes", "2", "--frames", "30", "--workers", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "place_dual_shoes/demo_clean/data/episode1.hdf5").exists()
     assert not list(tmp_path.rglob("*.partial"))
-    bad = subprocess.run([sys.executable, script, "--out", str(tmp_path), "--frames", "10"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, script, "--out", str(tmp_path), "--frames", "10"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "at least 30" in bad.stderr

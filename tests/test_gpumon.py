@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import types
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -27,7 +27,11 @@ from conftest import REPO_ROOT
 FAKE_DIR = REPO_ROOT / "tests" / "fake_nvml"
 SCRIPT = REPO_ROOT / "gpumon.py"
 FAKE_ENV = (
-    "FAKE_NVML_SCENARIO", "FAKE_NVML_PROCESSES", "FAKE_NVML_PIDS", "FAKE_NVML_LOST_AFTER", "FAKE_NVML_FAIL_AFTER",
+    "FAKE_NVML_SCENARIO",
+    "FAKE_NVML_PROCESSES",
+    "FAKE_NVML_PIDS",
+    "FAKE_NVML_LOST_AFTER",
+    "FAKE_NVML_FAIL_AFTER",
 )
 PLAIN = gpumon.View(color=False, glyphs=gpumon.ASCII_GLYPHS)
 
@@ -113,8 +117,12 @@ def test_handles_and_static_values_are_cached(monkeypatch: pytest.MonkeyPatch) -
     ticks(gpumon.NvmlSession(fake), 4)
     calls = fake.fake_calls()
     assert calls["nvmlInit"] == 1 and calls["nvmlDeviceGetCount"] == 1
-    for name in ("nvmlDeviceGetHandleByIndex", "nvmlDeviceGetName", "nvmlDeviceGetUUID",
-                 "nvmlDeviceGetEnforcedPowerLimit"):
+    for name in (
+        "nvmlDeviceGetHandleByIndex",
+        "nvmlDeviceGetName",
+        "nvmlDeviceGetUUID",
+        "nvmlDeviceGetEnforcedPowerLimit",
+    ):
         assert calls[name] == 8, name
     assert calls["nvmlDeviceGetUtilizationRates"] == 8 * 4
 
@@ -202,8 +210,18 @@ def test_no_driver_raises_nvml_unavailable(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def make_process(pid: int, **fields: object) -> gpumon.Process:
-    values = dict(gpu=0, kind="C", state="running", gpu_memory=1 << 30, sm=10, user="u", cpu=1.0,
-                  host_memory=1 << 20, elapsed=5.0, command="python train.py")
+    values = dict(
+        gpu=0,
+        kind="C",
+        state="running",
+        gpu_memory=1 << 30,
+        sm=10,
+        user="u",
+        cpu=1.0,
+        host_memory=1 << 20,
+        elapsed=5.0,
+        command="python train.py",
+    )
     values.update(fields)
     return gpumon.Process(pid=pid, **values)
 
@@ -271,7 +289,7 @@ def test_narrowing_drops_columns_then_bars_then_shortens_names() -> None:
 
 
 def test_history_lines_appear_only_when_there_is_room(
-    rendered_inputs: dict[str, tuple[gpumon.Snapshot, gpumon.History]]
+    rendered_inputs: dict[str, tuple[gpumon.Snapshot, gpumon.History]],
 ) -> None:
     snapshot, history = rendered_inputs["one"]
     tall = gpumon.render_screen(snapshot, history, PLAIN, 100, 30)
@@ -281,7 +299,7 @@ def test_history_lines_appear_only_when_there_is_room(
 
 
 def test_rows_are_cut_with_a_more_line_counting_the_rest(
-    rendered_inputs: dict[str, tuple[gpumon.Snapshot, gpumon.History]]
+    rendered_inputs: dict[str, tuple[gpumon.Snapshot, gpumon.History]],
 ) -> None:
     snapshot, history = rendered_inputs["eight"]
     lines = gpumon.render_screen(snapshot, history, PLAIN, 120, 40)
@@ -292,7 +310,7 @@ def test_rows_are_cut_with_a_more_line_counting_the_rest(
 
 
 def test_screen_shows_no_gpu_and_no_process_messages(
-    rendered_inputs: dict[str, tuple[gpumon.Snapshot, gpumon.History]]
+    rendered_inputs: dict[str, tuple[gpumon.Snapshot, gpumon.History]],
 ) -> None:
     assert "No NVIDIA GPU found" in gpumon.render_screen(*rendered_inputs["none"], PLAIN, 80, 24)
     snapshot, history = rendered_inputs["one"]
@@ -322,7 +340,7 @@ def test_colours_follow_nvitop_thresholds() -> None:
 
 
 def test_no_colour_means_no_escape_sequences(
-    rendered_inputs: dict[str, tuple[gpumon.Snapshot, gpumon.History]]
+    rendered_inputs: dict[str, tuple[gpumon.Snapshot, gpumon.History]],
 ) -> None:
     snapshot, history = rendered_inputs["eight"]
     assert "\x1b" not in "".join(gpumon.render_screen(snapshot, history, PLAIN, 200, 60))
@@ -410,14 +428,33 @@ def test_json_snapshot_follows_the_schema() -> None:
     assert set(data) == {"time", "hostname", "driver_version", "devices", "processes"}
     assert [d["index"] for d in data["devices"]] == [0, 1]
     assert set(data["devices"][0]) == {
-        "index", "name", "uuid", "lost", "temperature_c", "fan_percent", "performance_state", "power_w",
-        "power_limit_w", "memory_used_bytes", "memory_total_bytes", "utilization_gpu_percent",
+        "index",
+        "name",
+        "uuid",
+        "lost",
+        "temperature_c",
+        "fan_percent",
+        "performance_state",
+        "power_w",
+        "power_limit_w",
+        "memory_used_bytes",
+        "memory_total_bytes",
+        "utilization_gpu_percent",
         "utilization_memory_percent",
     }
     assert data["devices"][1]["fan_percent"] is None and data["devices"][0]["fan_percent"] == 25
     assert set(data["processes"][0]) == {
-        "gpu", "pid", "type", "state", "user", "gpu_memory_bytes", "sm_percent", "cpu_percent",
-        "host_memory_bytes", "elapsed_s", "command",
+        "gpu",
+        "pid",
+        "type",
+        "state",
+        "user",
+        "gpu_memory_bytes",
+        "sm_percent",
+        "cpu_percent",
+        "host_memory_bytes",
+        "elapsed_s",
+        "command",
     }
     states = {p["pid"]: p["state"] for p in data["processes"]}
     assert "not visible" in states.values() and "running" in states.values()
@@ -462,14 +499,29 @@ class Pane:
         env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "TMUX", "NO_COLOR")}
         env.update(LANG="C.UTF-8", PS1="$ ")
         subprocess.run(
-            ["tmux", "-S", str(socket), "-f", "/dev/null", "new-session", "-d", "-x", str(width), "-y", str(height),
-             "bash --norc --noprofile"],
-            env=env, check=True, cwd=REPO_ROOT,
+            [
+                "tmux",
+                "-S",
+                str(socket),
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-x",
+                str(width),
+                "-y",
+                str(height),
+                "bash --norc --noprofile",
+            ],
+            env=env,
+            check=True,
+            cwd=REPO_ROOT,
         )
 
     def tmux(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-S", str(self.socket), *args], capture_output=True, text=True,
-                              check=True).stdout
+        return subprocess.run(
+            ["tmux", "-S", str(self.socket), *args], capture_output=True, text=True, check=True
+        ).stdout
 
     def type(self, text: str) -> None:
         self.tmux("send-keys", "-l", text)

@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+
 from conftest import default_sigint
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -34,7 +34,8 @@ import os
 import sys
 import time
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -445,8 +446,9 @@ def nvmlDeviceGetProcessUtilization(handle: Any, timeStamp: int) -> list[_Struct
     if not device.processes or timeStamp >= now_us:
         _raise(_real.NVML_ERROR_NOT_FOUND)
     return [
-        _Struct(pid=pid, timeStamp=now_us, smUtil=(pid * 7 + device.queries) % 100, memUtil=pid % 50, encUtil=0,
-                decUtil=0)
+        _Struct(
+            pid=pid, timeStamp=now_us, smUtil=(pid * 7 + device.queries) % 100, memUtil=pid % 50, encUtil=0, decUtil=0
+        )
         for pid in device.processes
     ]
 
