@@ -3,7 +3,8 @@
 API (seven names):
     use_patched_openpi(workdir) -> pathlib.Path
         Copies the installed openpi package (rpent-openpi) to workdir/openpi, applies openpi_patch/patches there
-        and puts workdir first on sys.path, so `import openpi` gives the patched copy. Returns the folder to put
+        and puts workdir first on sys.path, so `import openpi` gives the patched copy (a copy already there is
+        reused if the current patches are applied to it, rebuilt if not). Returns the folder to put
         on sys.path (a subprocess gets the same copy with PYTHONPATH=<it>). If a patched openpi is already
         imported in this process, returns the folder it came from; if an unpatched one is, raises RuntimeError,
         so call it before anything imports openpi.
@@ -85,6 +86,13 @@ def _load_apply():
     return module
 
 
+def _patched_with_these_patches(apply, package: pathlib.Path) -> bool:
+    try:
+        return "already applied" in apply.run(package, check=True)
+    except apply.PatchError:
+        return False
+
+
 def use_patched_openpi(workdir: pathlib.Path) -> pathlib.Path:
     apply = _load_apply()
     loaded = sys.modules.get("openpi")
@@ -96,6 +104,9 @@ def use_patched_openpi(workdir: pathlib.Path) -> pathlib.Path:
         return loaded_root.parent
     workdir = pathlib.Path(workdir).resolve()
     package = workdir / "openpi"
+    if package.is_dir() and not _patched_with_these_patches(apply, package):
+        # a copy left by an earlier run, patched before the patches changed
+        shutil.rmtree(package)
     if not package.is_dir():
         workdir.mkdir(parents=True, exist_ok=True)
         scratch = pathlib.Path(tempfile.mkdtemp(prefix=".openpi.", dir=workdir))

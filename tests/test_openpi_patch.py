@@ -141,6 +141,29 @@ def test_a_folder_without_openpi_is_an_error(tmp_path):
     assert "no openpi package" in result.stderr
 
 
+def use_patched_openpi_in_a_subprocess(workdir: pathlib.Path) -> None:
+    code = (
+        "import pathlib, sys; from openpi_patch import cpu_variants;"
+        " cpu_variants.use_patched_openpi(pathlib.Path(sys.argv[1]))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(workdir)], cwd=REPO_ROOT, check=True)
+
+
+def test_use_patched_openpi_reuses_a_copy_with_the_current_patches(tmp_path):
+    site = copy_installed_openpi(tmp_path)
+    run_apply(str(site))
+    marker = site / "openpi" / "reused"
+    marker.touch()
+    use_patched_openpi_in_a_subprocess(site)
+    assert marker.exists()
+
+
+def test_use_patched_openpi_rebuilds_a_copy_without_the_current_patches(tmp_path):
+    site = copy_installed_openpi(tmp_path)  # unpatched, as a copy patched before the patches changed would be
+    use_patched_openpi_in_a_subprocess(site)
+    assert "already applied" in run_apply(str(site), "--check").stdout
+
+
 # ---------------------------------------------------------------- the patched openpi
 
 
