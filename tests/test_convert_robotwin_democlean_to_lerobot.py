@@ -38,6 +38,8 @@ INTERFACE_FEATURES = {
     "target_joint": ("float32", (14,)),
 }
 SMALL_FRAMES = 30
+# the quick conversion most tests need: one process, the head camera alone
+ONE_WORKER_ONE_CAMERA = ("--workers", "1", "--cameras", "head_camera")
 # datasets turns our (1,)-shaped progress values into scalars with float(), which numpy deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 
@@ -59,17 +61,7 @@ def lerobot():
 def converted(demo_clean, tmp_path_factory):
     """The shared three-episode sample converted once with --verify; returns (dataset root, stdout)."""
     out = tmp_path_factory.mktemp("converted")
-    argv = [
-        "--root",
-        str(demo_clean),
-        "--repo-id",
-        "test/demo",
-        "--output-root",
-        str(out),
-        "--verify",
-        "--workers",
-        "1",
-    ]
+    argv = converter_argv(demo_clean, "test/demo", out, "--verify", "--workers", "1")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert converter.main(argv) == 0
@@ -95,6 +87,10 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
     code = converter.main(argv)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def converter_argv(root: pathlib.Path, repo_id: str, output_root: pathlib.Path, *options: str) -> list[str]:
+    return ["--root", str(root), "--repo-id", repo_id, "--output-root", str(output_root), *options]
 
 
 def episode_frames(reader, episode: int) -> range:
@@ -256,22 +252,8 @@ def test_task_choice_is_reproducible_and_follows_the_list_kind():
 
 
 def test_front_camera_and_image_size_change_the_schema(small_demo, tmp_path, lerobot, capsys):
-    argv = [
-        "--root",
-        str(small_demo),
-        "--repo-id",
-        "t/small",
-        "--output-root",
-        str(tmp_path),
-        "--workers",
-        "1",
-        "--cameras",
-        "head_camera",
-        "front_camera",
-        "--image-size",
-        "160x120",
-        "--verify",
-    ]
+    options = ("--workers", "1", "--cameras", "head_camera", "front_camera", "--image-size", "160x120", "--verify")
+    argv = converter_argv(small_demo, "t/small", tmp_path, *options)
     code, _, err = run(argv, capsys)
     assert code == 0, err
     item = lerobot.module.LeRobotDataset("t/small", root=tmp_path / "t" / "small")[3]
@@ -283,20 +265,7 @@ def test_unseen_instructions_option(small_demo, tmp_path, lerobot, capsys):
     small = copy_demo(small_demo, tmp_path)
     for path in sorted((small / "data").glob("episode*.hdf5"))[1:]:
         path.unlink()
-    argv = [
-        "--root",
-        str(small),
-        "--repo-id",
-        "t/unseen",
-        "--output-root",
-        str(tmp_path / "out"),
-        "--workers",
-        "1",
-        "--cameras",
-        "head_camera",
-        "--instructions",
-        "unseen",
-    ]
+    argv = converter_argv(small, "t/unseen", tmp_path / "out", *ONE_WORKER_ONE_CAMERA, "--instructions", "unseen")
     assert run(argv, capsys)[0] == 0
     unseen = json.loads((small / "instructions" / "episode0.json").read_text())["unseen"]
     assert lerobot.module.LeRobotDataset("t/unseen", root=tmp_path / "out" / "t" / "unseen")[0]["task"] in unseen
@@ -306,19 +275,7 @@ def test_video_mode_writes_true_rgb_mp4_per_camera_and_episode(small_demo, tmp_p
     small = copy_demo(small_demo, tmp_path)
     for path in sorted((small / "data").glob("episode*.hdf5"))[1:]:
         path.unlink()
-    argv = [
-        "--root",
-        str(small),
-        "--repo-id",
-        "t/video",
-        "--output-root",
-        str(tmp_path / "out"),
-        "--workers",
-        "1",
-        "--cameras",
-        "head_camera",
-        "--video",
-    ]
+    argv = converter_argv(small, "t/video", tmp_path / "out", *ONE_WORKER_ONE_CAMERA, "--video")
     assert run(argv, capsys)[0] == 0
     video = (
         tmp_path / "out" / "t" / "video" / "videos" / "chunk-000" / "observation.images.cam_high" / "episode_000000.mp4"
@@ -387,7 +344,7 @@ def test_bad_episode_is_named_and_nothing_is_written(case, small_demo, tmp_path,
     demo = copy_demo(small_demo, tmp_path)
     damage(demo / "data" / "episode1.hdf5", dataset)
     out = tmp_path / "out"
-    code, _, err = run(["--root", str(demo), "--repo-id", "t/bad", "--output-root", str(out), "--workers", "1"], capsys)
+    code, _, err = run(converter_argv(demo, "t/bad", out, "--workers", "1"), capsys)
     assert code == 1
     assert f"episode1.hdf5: {dataset}: " in err and message in err
     assert not out.exists() or not any(out.rglob("*"))
@@ -397,7 +354,7 @@ def test_missing_instruction_file_is_an_error(small_demo, tmp_path, capsys):
     demo = copy_demo(small_demo, tmp_path)
     (demo / "instructions" / "episode2.json").unlink()
     out = tmp_path / "out"
-    code, _, err = run(["--root", str(demo), "--repo-id", "t/bad", "--output-root", str(out)], capsys)
+    code, _, err = run(converter_argv(demo, "t/bad", out), capsys)
     assert code == 1 and "instructions/episode2.json: missing" in err
     assert not out.exists() or not any(out.rglob("*"))
 
@@ -407,20 +364,9 @@ def test_default_prompt_replaces_a_missing_instruction_file(small_demo, tmp_path
     for number in (1, 2):
         (demo / "data" / f"episode{number}.hdf5").unlink()
     (demo / "instructions" / "episode0.json").unlink()
-    argv = [
-        "--root",
-        str(demo),
-        "--repo-id",
-        "t/prompt",
-        "--output-root",
-        str(tmp_path / "out"),
-        "--workers",
-        "1",
-        "--cameras",
-        "head_camera",
-        "--default-prompt",
-        "put the shoes away",
-    ]
+    argv = converter_argv(
+        demo, "t/prompt", tmp_path / "out", *ONE_WORKER_ONE_CAMERA, "--default-prompt", "put the shoes away"
+    )
     assert run(argv, capsys)[0] == 0
     assert (
         lerobot.module.LeRobotDataset("t/prompt", root=tmp_path / "out" / "t" / "prompt")[0]["task"]
@@ -431,19 +377,7 @@ def test_default_prompt_replaces_a_missing_instruction_file(small_demo, tmp_path
 def test_skip_bad_converts_the_rest_and_lists_what_it_skipped(small_demo, tmp_path, lerobot, capsys):
     demo = copy_demo(small_demo, tmp_path)
     delete_dataset(demo / "data" / "episode1.hdf5", "joint_action/vector")
-    argv = [
-        "--root",
-        str(demo),
-        "--repo-id",
-        "t/skip",
-        "--output-root",
-        str(tmp_path / "out"),
-        "--workers",
-        "1",
-        "--cameras",
-        "head_camera",
-        "--skip-bad",
-    ]
+    argv = converter_argv(demo, "t/skip", tmp_path / "out", *ONE_WORKER_ONE_CAMERA, "--skip-bad")
     code, out, _ = run(argv, capsys)
     assert code == 0
     assert "skipped" in out and "episode1.hdf5: joint_action/vector: missing" in out
@@ -457,18 +391,7 @@ def test_existing_dataset_is_refused_without_overwrite_and_replaced_with_it(smal
     existing = tmp_path / "out" / "t" / "exists"
     existing.mkdir(parents=True)
     (existing / "keep.txt").write_text("previous dataset")
-    argv = [
-        "--root",
-        str(demo),
-        "--repo-id",
-        "t/exists",
-        "--output-root",
-        str(tmp_path / "out"),
-        "--workers",
-        "1",
-        "--cameras",
-        "head_camera",
-    ]
+    argv = converter_argv(demo, "t/exists", tmp_path / "out", *ONE_WORKER_ONE_CAMERA)
     code, _, err = run(argv, capsys)
     assert code == 1 and "dataset exists" in err and (existing / "keep.txt").exists()
     assert run([*argv, "--overwrite"], capsys)[0] == 0
@@ -488,18 +411,7 @@ def test_interrupt_during_writing_leaves_no_dataset(small_demo, tmp_path, monkey
 
     monkeypatch.setattr(converter, "write_episode", interrupted_after_first_episode)
     out = tmp_path / "out"
-    argv = [
-        "--root",
-        str(small_demo),
-        "--repo-id",
-        "t/int",
-        "--output-root",
-        str(out),
-        "--workers",
-        "1",
-        "--cameras",
-        "head_camera",
-    ]
+    argv = converter_argv(small_demo, "t/int", out, *ONE_WORKER_ONE_CAMERA)
     code, _, err = run(argv, capsys)
     assert code == 130 and "no dataset written" in err
     assert len(calls) == 2
@@ -534,16 +446,14 @@ def test_lerobot_writing_format_v3_is_refused(small_demo, tmp_path, lerobot, mon
     # lerobot >= 0.4 (format v3.0) is not installed here; its CODEBASE_VERSION constant is what the converter reads.
     monkeypatch.setattr(lerobot.module, "CODEBASE_VERSION", "v3.0")
     out = tmp_path / "out"
-    code, _, err = run(["--root", str(small_demo), "--repo-id", "t/v3", "--output-root", str(out)], capsys)
+    code, _, err = run(converter_argv(small_demo, "t/v3", out), capsys)
     assert code == 1 and "v3.0, which openpi cannot read" in err
     assert not out.exists()
 
 
 def test_lerobot_home_variable_is_refused_with_the_replacement_named(small_demo, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LEROBOT_HOME", str(tmp_path / "old"))
-    code, _, err = run(
-        ["--root", str(small_demo), "--repo-id", "t/home", "--output-root", str(tmp_path / "out")], capsys
-    )
+    code, _, err = run(converter_argv(small_demo, "t/home", tmp_path / "out"), capsys)
     assert code == 1 and "set HF_LEROBOT_HOME instead" in err
     assert not (tmp_path / "out").exists()
 
@@ -569,18 +479,7 @@ def test_installed_lerobot_takes_the_task_as_an_argument(lerobot):
 
 def test_verify_fails_when_the_dataset_differs_from_the_source(small_demo, tmp_path, lerobot, capsys):
     demo = copy_demo(small_demo, tmp_path)
-    argv = [
-        "--root",
-        str(demo),
-        "--repo-id",
-        "t/verify",
-        "--output-root",
-        str(tmp_path / "out"),
-        "--workers",
-        "1",
-        "--cameras",
-        "head_camera",
-    ]
+    argv = converter_argv(demo, "t/verify", tmp_path / "out", *ONE_WORKER_ONE_CAMERA)
     assert run(argv, capsys)[0] == 0
     with h5py.File(demo / "data" / "episode0.hdf5", "a") as f:
         f["joint_action/vector"][0, 0] += 0.5
