@@ -4,10 +4,10 @@ API (seven names):
     use_patched_openpi(workdir) -> pathlib.Path
         Copies the installed openpi package (rpent-openpi) to workdir/openpi, applies openpi_patch/patches there
         and puts workdir first on sys.path, so `import openpi` gives the patched copy (a copy already there is
-        reused if the current patches are applied to it, rebuilt if not). Returns the folder to put
-        on sys.path (a subprocess gets the same copy with PYTHONPATH=<it>). If a patched openpi is already
-        imported in this process, returns the folder it came from; if an unpatched one is, raises RuntimeError,
-        so call it before anything imports openpi.
+        reused if the current patches are applied to it, rebuilt if not). Returns the folder to put on sys.path
+        (a subprocess gets the same copy with PYTHONPATH=<it>). If a patched openpi is already imported in this
+        process, returns the folder it came from; if one without the current patches is, raises RuntimeError, so
+        call it before anything imports openpi.
     write_stand_in_tokenizer(data_home=None) -> pathlib.Path
         Trains (~1 s) a small SentencePiece model whose vocabulary holds the progress token piece as a
         user-defined symbol and writes it where openpi looks for the PaliGemma tokenizer,
@@ -99,8 +99,8 @@ def use_patched_openpi(workdir: pathlib.Path) -> pathlib.Path:
     if loaded is not None:
         # Several users in one process (test modules) share the copy that was imported first.
         loaded_root = pathlib.Path(loaded.__file__).resolve().parent
-        if "already applied" not in apply.run(loaded_root, check=True):
-            raise RuntimeError(f"openpi is already imported from {loaded_root} without the patch")
+        if not _patched_with_these_patches(apply, loaded_root):
+            raise RuntimeError(f"openpi is already imported from {loaded_root} without the current patches")
         return loaded_root.parent
     workdir = pathlib.Path(workdir).resolve()
     package = workdir / "openpi"
