@@ -30,13 +30,13 @@
 #                     (then only with --no-eval). The split is printed and recorded in LOG_DIR/split.json
 #   --no-eval         skip the evaluation after training
 #   --eval-only       evaluate the existing checkpoints of the configs; no training
-#   --eval-frames N   evaluate an evenly spaced subset of N held-out frames (default: all; --demo: 12)
+#   --eval-frames N   evaluate an evenly spaced subset of N held-out frames (default: all)
 #                     The evaluation writes LOG_DIR/evaluation (--demo: OUT/evaluation): results.json, results.md,
 #                     plots; see openpi_patch/evaluate.py
 #   --demo            no GPU, no weights: the same sequence on the sample episodes with openpi from the installed
 #                     package, patched in a temporary copy, small model variants and a few CPU training steps
 #   --out DIR         --demo only: where everything goes (default: demo_output)
-#   --steps N         --demo only: training steps per config (default: 3)
+#   --steps N         --demo only: training steps per config (default: train_demo.py's, 240: about 2 minutes each)
 #   --gpus-per-run N  cut the visible GPUs (CUDA_VISIBLE_DEVICES, else nvidia-smi -L) into groups of N and train
 #                     one config per group at the same time, each with CUDA_VISIBLE_DEVICES set to its group and
 #                     openpi's --fsdp-devices=N; with --slurm, each training job asks for N GPUs
@@ -104,7 +104,6 @@ readonly DISTANCE_FIELDS=("manip_progress_distance_left:1:float32" "manip_progre
 readonly DATASET_SIZE_FACTOR=4
 # Seconds a stopped training gets to exit after SIGTERM before it is killed.
 readonly STOP_GRACE_S=30
-readonly DEMO_STEPS=3
 # Seconds between two looks at the running commands.
 readonly POLL_S=0.2
 # The environment a SLURM job script sets, so that it runs alike when submitted again by hand from another shell.
@@ -112,8 +111,6 @@ readonly JOB_ENV_VARS=(OPENPI_DIR PYTHON OPENPI_PYTHON TRAIN_CMD NORM_STATS_CMD 
   XLA_PYTHON_CLIENT_MEM_FRACTION HF_LEROBOT_HOME HF_DATASETS_CACHE ROBOTWIN_DATA)
 # States in which a SLURM job has ended (squeue keeps some for a while, sacct keeps them all).
 readonly SLURM_ENDED_STATES=(BOOT_FAIL CANCELLED COMPLETED DEADLINE FAILED NODE_FAIL OUT_OF_MEMORY PREEMPTED TIMEOUT)
-# Held-out frames the demo evaluates: enough for a progress curve, few enough for the demo's time on 2 cores.
-readonly DEMO_EVAL_FRAMES=12
 readonly HELDOUT_SUFFIX="_heldout"
 # Share of the episodes held out when --heldout is not given (at least one).
 readonly DEFAULT_HELDOUT_PERCENT=10
@@ -576,7 +573,7 @@ check_positive() {
 # Reads the flags and the environment into the upper-case settings (ROOT, CONFIGS, DRY_RUN, ...), readonly once set.
 # JOB_ARGS keeps the flags a SLURM job passes on to the launcher it runs: all but those choosing what this call does.
 parse_args() {
-  ROOT="" REPO_ID="${DEFAULT_REPO_ID}" EXP_NAME="" LOG_DIR="" OUT="demo_output" STEPS="${DEMO_STEPS}"
+  ROOT="" REPO_ID="${DEFAULT_REPO_ID}" EXP_NAME="" LOG_DIR="" OUT="demo_output" STEPS=""
   WITH_BASELINE=0 KEEP_GOING=0 FORCE=0 RECONVERT=0 DRY_RUN=0 DEMO=0
   GPUS_PER_RUN="" BATCH_SIZE="" SLURM=0 STATUS=0 CANCEL=0 STAGE=""
   HELDOUT="" EVALUATE=1 EVAL_ONLY=0 EVAL_FRAMES=""
@@ -622,7 +619,9 @@ parse_args() {
     fi
     used=$((used + left - $#))
   done
-  check_positive --steps "${STEPS}" || return
+  if [[ -n "${STEPS}" ]]; then
+    check_positive --steps "${STEPS}" || return
+  fi
   if [[ -n "${GPUS_PER_RUN}" ]]; then
     check_positive --gpus-per-run "${GPUS_PER_RUN}" || return
   fi
@@ -692,7 +691,7 @@ parse_args() {
     LOG_DIR="${LOG_DIR:-${OUT}/logs}"
     WORKDIR="${SCRIPT_DIR}"
     read -ra TRAIN_CMD_WORDS <<<"${TRAIN_CMD:-${PYTHON} ${SCRIPT_DIR}/openpi_patch/train_demo.py --out ${OUT}/openpi}"
-    if [[ -z "${TRAIN_CMD:-}" ]]; then
+    if [[ -z "${TRAIN_CMD:-}" && -n "${STEPS}" ]]; then
       TRAIN_CMD_WORDS+=(--steps "${STEPS}")
     fi
     if [[ -n "${NORM_STATS_CMD:-}" ]]; then
@@ -700,7 +699,6 @@ parse_args() {
     fi
     OPENPI_PYTHON_WORDS=("${PYTHON}")
     EVAL_DIR="${OUT}/evaluation"
-    EVAL_FRAMES="${EVAL_FRAMES:-${DEMO_EVAL_FRAMES}}"
     read -ra EVAL_CMD_WORDS <<<"${EVAL_CMD:-${PYTHON} ${SCRIPT_DIR}/openpi_patch/evaluate.py --demo}"
     if [[ -z "${EVAL_CMD:-}" ]]; then
       EVAL_CMD_WORDS+=(--openpi-out "${OUT}/openpi")

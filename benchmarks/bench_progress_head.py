@@ -15,10 +15,10 @@ pretrained VLM's: the joint state of generate_robotwin_samples.py's episodes (48
 two-layer map to --width (2048, gemma_2b's) dimensions, scaled to unit RMS like the output of a final RMSNorm. One run
 per ProgressConfig.head_lr_scale in --scales; held-out MSE at a few steps.
 
-demo: the CPU demo's question. `bash bootstrap.sh demo`'s model (dummy gemma, SigLIP mu/14, random weights) at
+demo: the CPU demo's question. `bash bootstrap.sh demo`'s model (dummy gemma, SigLIP mu/32, random weights) at
 initialisation reads the demo's frames (generated and converted here); the spread of the head's input feature (the
 last prompt token's output) across frames; then the head alone on those features, and on the state features above
-at the demo's width, under the demo's schedule (--demo-steps of batch 8, lr 1e-3 cosine to 1e-4).
+at the demo's width, under train_demo.py's schedule and batch size (--demo-steps, lr 1e-3 cosine to 1e-4).
 
 Prints tables to stdout; writes only under --workdir (default: a temporary folder).
 """
@@ -39,19 +39,17 @@ sys.path.insert(0, str(REPO_ROOT / "openpi_patch"))
 
 import convert_robotwin_democlean_to_lerobot as converter  # noqa: E402
 import generate_robotwin_samples as samples  # noqa: E402
-from openpi_patch import cpu_variants  # noqa: E402
+from openpi_patch import cpu_variants, train_demo  # noqa: E402
 
 GEMMA_2B_WIDTH = 2048
 DUMMY_WIDTH = 64
 STATE_MAP_HIDDEN = 256
-LOSS_WEIGHT = 0.1
 # openpi's fine-tuning schedule (training/optimizer.py's CosineDecaySchedule defaults) and the RoboTwin configs' run
 FINETUNE_SCHEDULE = {"warmup_steps": 1_000, "peak_lr": 2.5e-5, "decay_steps": 30_000, "decay_lr": 2.5e-6}
 FINETUNE_STEPS = 20_000
 FINETUNE_BATCH = 32
-# train_demo.py's schedule
-DEMO_PEAK_LR, DEMO_END_LR = 1e-3, 1e-4
-DEMO_BATCH = 8
+# frames per forward pass when reading the demo model's features
+FEATURE_BATCH = 8
 EVAL_EVERY = 4
 RIDGE = 1e-3
 
@@ -153,7 +151,7 @@ def train_head(split: Split, schedule, steps: int, batch_size: int, scale: float
     heldout, heldout_progress = jnp.asarray(split.heldout.features), jnp.asarray(split.heldout.progress[:, None])
 
     def loss(params, x, y):
-        return LOSS_WEIGHT * jnp.mean(jnp.square(nnx.merge(graphdef, params)(x) - y))
+        return config.loss_weight * jnp.mean(jnp.square(nnx.merge(graphdef, params)(x) - y))
 
     def step(carry, key):
         params, opt_state = carry
@@ -165,7 +163,7 @@ def train_head(split: Split, schedule, steps: int, batch_size: int, scale: float
     @jax.jit
     def run(params, opt_state, keys):
         (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), keys)
-        return params, opt_state, loss(params, heldout, heldout_progress) / LOSS_WEIGHT
+        return params, opt_state, loss(params, heldout, heldout_progress) / config.loss_weight
 
     points = sorted({max(1, steps * (i + 1) // EVAL_EVERY) for i in range(EVAL_EVERY)})
     keys = jax.random.split(jax.random.key(1), steps)
@@ -210,7 +208,6 @@ def demo_features(workdir: pathlib.Path, episodes: int, heldout: int) -> Split:
     """The last-token features of the demo's small model at init for every frame of freshly generated episodes."""
     import jax
     import jax.numpy as jnp
-    import train_demo
     from flax import nnx
     from openpi import transforms
     from openpi.models import model as _model
@@ -246,8 +243,8 @@ def demo_features(workdir: pathlib.Path, episodes: int, heldout: int) -> Split:
         return prefix_out[jnp.arange(len(mask)), jnp.sum(mask, axis=1) - 1]
 
     features, progress, episode = [], [], []
-    for start in range(0, len(dataset), DEMO_BATCH):
-        rows = [min(i, len(dataset) - 1) for i in range(start, start + DEMO_BATCH)]  # a full last batch: one shape
+    for start in range(0, len(dataset), FEATURE_BATCH):
+        rows = [min(i, len(dataset) - 1) for i in range(start, start + FEATURE_BATCH)]  # a full last batch: one shape
         batch = jax.tree.map(lambda *xs: np.stack(xs), *[dataset[i] for i in rows])
         features.append(np.asarray(last_token_output(model, _model.Observation.from_dict(batch)), np.float32))
         progress.append(batch["aux_targets"][:, 0])
@@ -266,7 +263,10 @@ def run_demo(args: argparse.Namespace) -> None:
     from openpi.training import optimizer
 
     schedule = optimizer.CosineDecaySchedule(
-        warmup_steps=1, peak_lr=DEMO_PEAK_LR, decay_steps=args.demo_steps + 1, decay_lr=DEMO_END_LR
+        warmup_steps=1,
+        peak_lr=train_demo.DEMO_PEAK_LR,
+        decay_steps=args.demo_steps + 1,
+        decay_lr=train_demo.DEMO_END_LR,
     )
     model_split = demo_features(args.workdir, args.episodes, args.heldout)
     relative, cosine = feature_spread(np.concatenate([model_split.train.features, model_split.heldout.features]))
@@ -274,7 +274,14 @@ def run_demo(args: argparse.Namespace) -> None:
     for split in (model_split, state_split(args.episodes, args.heldout, DUMMY_WIDTH)):
         relative, cosine = feature_spread(np.concatenate([split.train.features, split.heldout.features]))
         curves = [
-            train_head(split, schedule, args.demo_steps, DEMO_BATCH, scale, f"demo schedule, head_lr_scale {scale:g}")
+            train_head(
+                split,
+                schedule,
+                args.demo_steps,
+                train_demo.DEFAULT_BATCH_SIZE,
+                scale,
+                f"demo schedule, head_lr_scale {scale:g}",
+            )
             for scale in args.scales
         ]
         print(f"spread across frames: std / RMS {relative:.4f}, mean cosine {cosine:.4f}")
@@ -292,7 +299,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0, 100.0], help="head_lr_scale values")
     parser.add_argument("--episodes", type=int, help="training episodes (default: schedule 40, demo 4)")
     parser.add_argument("--heldout", type=int, help="held-out episodes (default: schedule 10, demo 1)")
-    parser.add_argument("--demo-steps", type=int, default=60, help="demo: steps of batch 8 (default %(default)s)")
+    parser.add_argument(
+        "--demo-steps",
+        type=int,
+        default=train_demo.DEFAULT_STEPS,
+        help="demo: steps (default: the demo's, %(default)s)",
+    )
     parser.add_argument("--workdir", type=pathlib.Path, help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
     episodes, heldout = (40, 10) if args.part == "schedule" else (4, 1)

@@ -477,7 +477,7 @@ def evaluate_config(name: str, args: argparse.Namespace, split: Split, evaluate_
     history, outputs = [], None
     for step in steps:
         started = time.monotonic()
-        with cpu_variants.tiny_siglip() if args.demo else contextlib.nullcontext():
+        with cpu_variants.tiny_siglip(train_demo.SIGLIP_VARIANT) if args.demo else contextlib.nullcontext():
             model, norm_stats = load_checkpoint(config, pathlib.Path(config.checkpoint_dir) / str(step))
         outputs = run_checkpoint(frames, model, norm_stats, evaluate_batch, args.batch_size, config.seed)
         metrics = {"checkpoint_step": step, **checkpoint_metrics(outputs, mean)}

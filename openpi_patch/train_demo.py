@@ -1,14 +1,15 @@
-"""Train a small variant of one progress config for a few steps on the CPU: run_experiments.sh --demo's training step.
+"""Train a small variant of one progress config on the CPU: run_experiments.sh --demo's training step.
 
     python openpi_patch/train_demo.py [--out DIR] [--steps N] [--batch-size N] [--save-interval N] [--debug]
                                       CONFIG --exp-name=NAME [--overwrite]
 
 Takes the arguments run_experiments.sh gives openpi's scripts/train.py (CONFIG --exp-name=NAME --overwrite) and runs
 the same path on the CPU: openpi from the installed package, patched in a temporary copy (openpi_patch/cpu_variants.py),
-the config with dummy gemma experts and a tiny SigLIP tower, openpi's own LeRobot data loader and transforms, the
-patched model's loss and the config's optax optimizer (with a short learning-rate warmup). The dataset is read from
-$HF_LEROBOT_HOME/$OPENPI_ROBOTWIN_REPO_ID. Norm stats are computed here with openpi.shared.normalize (scripts/ is not
-part of the pip package) when the config has none yet, or copied from an earlier config whose data config is equal.
+the config with dummy gemma experts and a tiny SigLIP tower (mu/32), openpi's own LeRobot data loader and transforms,
+the patched model's loss and the config's optax optimizer (with a short learning-rate warmup). The dataset is read
+from $HF_LEROBOT_HOME/$OPENPI_ROBOTWIN_REPO_ID. Norm stats are computed here with openpi.shared.normalize (scripts/ is
+not part of the pip package) when the config has none yet, or copied from an earlier config whose data config is
+equal.
 
 Writes under --out (default demo_output/openpi):
     assets/CONFIG/REPO_ID/norm_stats.json        state and action statistics, as compute_norm_stats.py writes them
@@ -18,7 +19,7 @@ Writes under --out (default demo_output/openpi):
     checkpoints/CONFIG/NAME/losses.json          per step: action loss, aux loss, gradient norms (all, head, backbone)
     openpi_data/big_vision/paligemma_tokenizer.model   a stand-in, only where the real tokenizer cannot be had
 Prints one line per step and ends with "CONFIG: N steps, action loss FIRST -> LAST, aux loss FIRST -> LAST".
-One to two minutes per config on 2 cores, most of it the one jit compilation of the training step.
+About 2 minutes per config on 2 cores: 20-25 s of setup and the one jit compilation, then 0.4 s per step.
 openpi is imported inside functions only, after use_patched_openpi has put the patched copy first on sys.path.
 """
 
@@ -45,13 +46,18 @@ TOKENIZER_HOST = ("storage.googleapis.com", 443)
 NETWORK_TIMEOUT_S = 3
 # Gemma's vocabulary plus PaliGemma's <loc> and <seg> pieces: anything smaller is a stand-in.
 PALIGEMMA_VOCAB_SIZE = 257_152
-DEFAULT_STEPS = 3
+# Enough steps for both losses to fall and the time-progress heads to beat the constant predictor on the demo's
+# held-out episode, in about 2 minutes per config on 2 cores (docs/run_experiments.md).
+DEFAULT_STEPS = 240
 DEFAULT_BATCH_SIZE = 2
 # A short warmup and a high peak, so that a few steps show the losses move; the configs' own schedule warms up
 # over 1,000 steps.
 DEMO_PEAK_LR = 1e-3
 DEMO_END_LR = 1e-4
 NORM_STATS_KEYS = ("state", "actions")
+# 49 patches per 224x224 image instead of mu/14's 256: the dummy LLM's attention over the 968-token prefix made a
+# step 9x slower (4.2 s against 0.46 s at batch 4 on 2 cores), which left the demo too few steps to learn anything.
+SIGLIP_VARIANT = "mu/32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +186,7 @@ def create_model(config):
     import jax
     from flax import nnx
 
-    with cpu_variants.tiny_siglip():
+    with cpu_variants.tiny_siglip(SIGLIP_VARIANT):
         graphdef, _ = nnx.split(nnx.eval_shape(lambda: config.model.create(jax.random.key(0))))
         state = jax.jit(lambda rng: nnx.state(config.model.create(rng)))(jax.random.key(config.seed))
     return nnx.merge(graphdef, state)
