@@ -353,6 +353,13 @@ def written_atomically(path: pathlib.Path) -> Iterator[h5py.File]:
     os.replace(partial, path)
 
 
+def write_text_atomically(path: pathlib.Path, text: str) -> None:
+    """A side file (instructions, seeds, metadata) written like the episode files: temporary name, then rename."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def write_episode_hdf5(path: pathlib.Path, episode: Episode, jpegs: dict[str, list[bytes]] | None = None) -> None:
     """One episode in the legacy layout (RoboTwin stable_2.0's pkl2hdf5.py)."""
     jpegs = jpegs or render_jpegs(episode)
@@ -455,10 +462,10 @@ def write_one(data_dir: pathlib.Path, index: int, frames: int, seed: int, length
     instructions = json.dumps({"seen": list(episode.seen), "unseen": list(episode.unseen)}, indent=2)
     if layout == "xpolicylab":
         write_xpolicylab_hdf5(data_dir / f"episode_{index:07d}.hdf5", episode, render_jpegs(episode))
-        (data_dir.parent / "instruction" / f"episode_{index:07d}.json").write_text(instructions)
+        write_text_atomically(data_dir.parent / "instruction" / f"episode_{index:07d}.json", instructions)
     else:
         write_episode_hdf5(data_dir / f"episode{index}.hdf5", episode)
-        (data_dir.parent / "instructions" / f"episode{index}.json").write_text(instructions)
+        write_text_atomically(data_dir.parent / "instructions" / f"episode{index}.json", instructions)
     return episode
 
 
@@ -467,8 +474,8 @@ def write_sidecars(root: pathlib.Path, episodes: int, seed: int) -> None:
         f"episode_{index}": {"info": {"{A}": "041_shoe/base3", "{B}": "007_shoe-box/base0"}}
         for index in range(episodes)
     }
-    (root / "scene_info.json").write_text(json.dumps(scene_info, indent=2))
-    (root / "seed.txt").write_text(" ".join(str(seed * 1000 + index) for index in range(episodes)) + "\n")
+    write_text_atomically(root / "scene_info.json", json.dumps(scene_info, indent=2))
+    write_text_atomically(root / "seed.txt", " ".join(str(seed * 1000 + index) for index in range(episodes)) + "\n")
 
 
 def migrate(legacy_root: pathlib.Path, out: pathlib.Path, episodes: int) -> pathlib.Path:
@@ -496,7 +503,7 @@ def migrate(legacy_root: pathlib.Path, out: pathlib.Path, episodes: int) -> path
         "converted_episodes": episodes,
         "camera_map": XPOLICYLAB_CAMERAS,
     }
-    (root / "conversion_meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    write_text_atomically(root / "conversion_meta.json", json.dumps(meta, indent=2, ensure_ascii=False))
     return root
 
 

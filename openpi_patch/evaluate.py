@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
 import pathlib
 import sys
 import tempfile
@@ -199,18 +198,6 @@ def render_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path: pathlib.Path, write) -> None:
-    """write(temporary path), then rename: no half-written output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(pathlib.Path(scratch))
-        os.replace(scratch, path)
-    finally:
-        pathlib.Path(scratch).unlink(missing_ok=True)
-
-
 def draw_plots(results: dict, out: pathlib.Path) -> list[pathlib.Path]:
     """progress.png, and metrics_by_step.png where some config has several checkpoints; returns what was drawn."""
     curves = results.get("progress_curves", {})
@@ -240,7 +227,7 @@ def draw_plots(results: dict, out: pathlib.Path) -> list[pathlib.Path]:
             axis.legend(fontsize=6, title="line: true, dots: predicted", title_fontsize=6)
         axes[0][0].set_ylabel("progress")
         figure.tight_layout()
-        write_atomically(out / PROGRESS_PLOT, lambda path: figure.savefig(path, dpi=100, format="png"))
+        train_demo.write_atomically(out / PROGRESS_PLOT, lambda path: figure.savefig(path, dpi=100, format="png"))
         plt.close(figure)
         drawn.append(out / PROGRESS_PLOT)
     if histories:
@@ -254,7 +241,7 @@ def draw_plots(results: dict, out: pathlib.Path) -> list[pathlib.Path]:
             axis.set_xlabel("training step")
             axis.legend(fontsize=6)
         figure.tight_layout()
-        write_atomically(out / STEP_PLOT, lambda path: figure.savefig(path, dpi=100, format="png"))
+        train_demo.write_atomically(out / STEP_PLOT, lambda path: figure.savefig(path, dpi=100, format="png"))
         plt.close(figure)
         drawn.append(out / STEP_PLOT)
     return drawn
@@ -580,8 +567,8 @@ def run(args: argparse.Namespace, site: pathlib.Path) -> int:
         print(train_demo.use_some_tokenizer(args.openpi_out.resolve()), flush=True)
     started = time.monotonic()
     results = evaluate(args)
-    write_atomically(out / RESULTS_JSON, lambda path: path.write_text(json.dumps(results, indent=1) + "\n"))
-    write_atomically(out / RESULTS_MD, lambda path: path.write_text(render_table(results)))
+    train_demo.write_atomically(out / RESULTS_JSON, lambda path: path.write_text(json.dumps(results, indent=1) + "\n"))
+    train_demo.write_atomically(out / RESULTS_MD, lambda path: path.write_text(render_table(results)))
     print(f"evaluation: {len(results['configs'])} config(s) in {time.monotonic() - started:.1f} s -> {out}")
     if not args.no_plots:
         for path in draw_plots(results, out):

@@ -82,14 +82,19 @@ def render_step(result: StepResult) -> str:
     )
 
 
+def window_width(steps: int) -> int:
+    """Steps averaged at each end of a run: a quarter of them (one at least), since single steps are noisy."""
+    return max(1, steps // 4)
+
+
 def window_means(values: list[float]) -> tuple[float, float]:
-    """Means of the first and the last quarter of the steps (one step at least): single steps are noisy."""
-    width = max(1, len(values) // 4)
+    """Means of the first and the last window_width steps."""
+    width = window_width(len(values))
     return float(np.mean(values[:width])), float(np.mean(values[-width:]))
 
 
 def render_summary(config_name: str, results: list[StepResult]) -> str:
-    width = max(1, len(results) // 4)
+    width = window_width(len(results))
     action_first, action_last = window_means([r.action_loss for r in results])
     summary = f"{config_name}: {len(results)} steps, action loss {action_first:.4f} -> {action_last:.4f}"
     if results[0].aux_loss is None:
@@ -281,13 +286,23 @@ def train(config, steps: int) -> list[StepResult]:
     return results
 
 
+def write_atomically(path: pathlib.Path, write) -> None:
+    """write(temporary path), then rename: no half-written output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(pathlib.Path(scratch))
+        os.replace(scratch, path)
+    finally:
+        pathlib.Path(scratch).unlink(missing_ok=True)
+
+
 def write_losses(checkpoint_dir: pathlib.Path, results: list[StepResult]) -> pathlib.Path:
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path = checkpoint_dir / "losses.json"
-    fd, scratch = tempfile.mkstemp(prefix=".losses.", dir=checkpoint_dir)
-    with os.fdopen(fd, "w") as f:
-        json.dump([dataclasses.asdict(result) for result in results], f, indent=1)
-    os.replace(scratch, path)
+    write_atomically(
+        path, lambda scratch: scratch.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
+    )
     return path
 
 
