@@ -34,7 +34,7 @@
 #                     The evaluation writes LOG_DIR/evaluation (--demo: OUT/evaluation): results.json, results.md,
 #                     plots; see openpi_patch/evaluate.py
 #   --demo            no GPU, no weights: the same sequence on the sample episodes with openpi from the installed
-#                     package, patched in a temporary copy, small model variants and a few CPU training steps
+#                     package, patched in a temporary copy, small model variants trained on the CPU
 #   --out DIR         --demo only: where everything goes (default: demo_output)
 #   --steps N         --demo only: training steps per config (default: train_demo.py's, 240: about 2 minutes each)
 #   --gpus-per-run N  cut the visible GPUs (CUDA_VISIBLE_DEVICES, else nvidia-smi -L) into groups of N and train

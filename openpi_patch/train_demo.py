@@ -50,8 +50,8 @@ PALIGEMMA_VOCAB_SIZE = 257_152
 # held-out episode, in about 2 minutes per config on 2 cores (docs/run_experiments.md).
 DEFAULT_STEPS = 240
 DEFAULT_BATCH_SIZE = 2
-# A short warmup and a high peak, so that a few steps show the losses move; the configs' own schedule warms up
-# over 1,000 steps.
+# A short warmup and a high peak, so that a CPU run of a few hundred steps moves the losses; the configs' own
+# schedule warms up over 1,000 steps.
 DEMO_PEAK_LR = 1e-3
 DEMO_END_LR = 1e-4
 NORM_STATS_KEYS = ("state", "actions")
