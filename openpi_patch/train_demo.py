@@ -19,7 +19,8 @@ Writes under --out (default demo_output/openpi):
     checkpoints/CONFIG/NAME/losses.json          per step: action loss, aux loss, gradient norms (all, head, backbone)
     openpi_data/big_vision/paligemma_tokenizer.model   a stand-in, only where the real tokenizer cannot be had
 Prints one line per step and ends with "CONFIG: N steps, action loss FIRST -> LAST, aux loss FIRST -> LAST".
-About 2 minutes per config on 2 cores: 20-25 s of setup and the one jit compilation, then 0.4 s per step.
+About 2 minutes per config on 2 cores: 20 s of setup, 17 s for the first step (the one jit compilation), then 0.3 s
+per step.
 openpi is imported inside functions only, after use_patched_openpi has put the patched copy first on sys.path.
 """
 
