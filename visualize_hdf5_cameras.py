@@ -573,6 +573,15 @@ def render_episode(job: Job) -> Result:
     return Result(name, "written", frames, job.video.stat().st_size, tuple(warnings))
 
 
+def render_episode_in_worker(job: Job) -> Result:
+    """render_episode in a pool worker. An interrupted worker exits once its cleanup is done: the pool has already
+    handed it the next episode, which the main process cannot cancel, and would otherwise render it whole."""
+    try:
+        return render_episode(job)
+    except KeyboardInterrupt:
+        os._exit(EXIT_INTERRUPTED)
+
+
 # ---- rendering text ---------------------------------------------------------------------------------------------
 
 
@@ -757,7 +766,7 @@ def run_jobs(jobs: list[Job], workers: int, progress: Progress) -> list[Result]:
         # Workers are started by submit; started with Ctrl-C ignored, they cannot die of it while still importing.
         previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            futures = [pool.submit(render_episode, job) for job in jobs]
+            futures = [pool.submit(render_episode_in_worker, job) for job in jobs]
         finally:
             signal.signal(signal.SIGINT, previous_int)
         for future in concurrent.futures.as_completed(futures):
