@@ -422,7 +422,11 @@ def test_encoder_crash_leaves_no_partial_file(demo_clean, tmp_path, monkeypatch,
 
 
 def start_tool(root: pathlib.Path, out: pathlib.Path) -> subprocess.Popen:
-    """The tool in its own process group, as a terminal runs it, returned once a worker is writing a video."""
+    """The tool in its own process group, as a terminal runs it, returned once both workers are writing a video.
+
+    Not earlier: a worker still starting ignores Ctrl-C (so that it cannot die while importing) and would then render
+    the episodes queued for it; a signal then is late for that worker, which the tool cannot help.
+    """
     process = subprocess.Popen(
         [sys.executable, str(TOOL), "--root", str(root / "data"), "--out", str(out), "--workers", "2", *SLOW_ARGS],
         stdout=subprocess.PIPE,
@@ -432,7 +436,7 @@ def start_tool(root: pathlib.Path, out: pathlib.Path) -> subprocess.Popen:
         preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 60
-    while not (out.is_dir() and any(n.endswith(vis.TEMP_SUFFIX) for n in temporary_files(out))):
+    while not (out.is_dir() and sum(n.endswith(vis.TEMP_SUFFIX) for n in temporary_files(out)) == 2):
         assert process.poll() is None and time.monotonic() < deadline, "the tool never started writing"
         time.sleep(0.02)
     return process
