@@ -46,7 +46,7 @@ def demo_copy(demo_clean: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def long_demo(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """Two longer episodes, so that a run can be interrupted while it writes."""
+    """Four longer episodes, so that a run can be interrupted while it writes."""
     folder = tmp_path_factory.mktemp("long")
     return samples.write_demo_clean(folder, episodes=LONG_EPISODES, frames=LONG_FRAMES, seed=1, workers=1)
 
