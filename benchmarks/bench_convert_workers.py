@@ -1,14 +1,14 @@
 """Benchmark: the converter's parallel encoding (--workers N) against the floor and against an earlier converter.
 
     .venv/bin/python benchmarks/bench_convert_workers.py CACHE_DIR [--episodes 8] [--frames 224] [--workers 2]
-        [--baseline-rev main]
+        [--baseline-rev a0bb68f]
 
 Generates the sample episodes once into CACHE_DIR (reused by later runs), then, on the same episodes and in the same
 run, measures per converted frame
   floor     decode every JPEG of the three cameras and PNG-encode it at the converter's level, in --workers processes,
             no lerobot: what any converter that stores these PNGs must spend;
-  baseline  the converter as committed at --baseline-rev (default main: workers decode, lerobot's writer threads
-            encode), run as a command with its own defaults;
+  baseline  the converter as committed at --baseline-rev (default a0bb68f, the last one before the workers encoded:
+            workers decode, lerobot's writer threads encode), run as a command with its own defaults;
   ours      this worktree's converter with --workers N.
 The converters are timed by the "write" stage they print (validation and the lerobot import are excluded, and are the
 same for both), the floor around its pool. Prints the seconds per frame, load average before and after, and the ratios
@@ -45,6 +45,8 @@ import robotwin_episodes  # noqa: E402
 SEED = 0
 # The converter's modules; the baseline revision's copies are checked out together so that it runs as it was.
 CONVERTER_FILES = ("convert_robotwin_democlean_to_lerobot.py", "robotwin_episodes.py", "atomic_files.py")
+# The last converter before the workers encoded PNGs themselves: the one the issue's "4x today's converter" means.
+BASELINE_REV = "a0bb68f"
 WRITE_STAGE = re.compile(r"write ([\d.]+) s")
 
 
@@ -108,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=8)
     parser.add_argument("--frames", type=int, default=224)
     parser.add_argument("--workers", type=int, default=2, help="processes of the floor and of ours")
-    parser.add_argument("--baseline-rev", default="main", help="git revision of the baseline converter")
+    parser.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the baseline converter")
     return parser.parse_args(argv)
 
 
