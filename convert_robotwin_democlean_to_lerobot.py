@@ -346,15 +346,22 @@ def split_tasks(
     heldout: int | None = None,
     heldout_percent: int = DEFAULT_HELDOUT_PERCENT,
     max_per_task: int | None = None,
+    fold: tuple[int, int] | None = None,
 ) -> dict:
     """The per-task split a launcher records and converts part by part (--split FILE --part train|heldout).
 
     Per root: its first max_per_task episodes (all when None), the last `heldout` of them held out, or when heldout
-    is None the last heldout_percent % (rounded down, at least one). Returns a JSON-serialisable dict; raises
-    ConversionError when a task would keep no training episode.
+    is None the last heldout_percent % (rounded down, at least one). With fold = (F, K), cross-validation instead:
+    the episodes, task after task in number order, are dealt round-robin into K folds (the count running on across
+    tasks, so that folds stay even when tasks are small) and fold F is held out; the K splits hold out every episode
+    exactly once. Returns a JSON-serialisable dict; raises ConversionError when a task would keep no training
+    episode or a fold would hold out none.
     """
+    chosen = select_sources(find_sources(roots), None, max_per_task)
+    if fold is not None:
+        return fold_split(chosen, *fold, max_per_task)
     tasks = []
-    for source, episodes in select_sources(find_sources(roots), None, max_per_task):
+    for source, episodes in chosen:
         numbers = [episode.number for episode in episodes]
         count = heldout if heldout is not None else max(len(numbers) * heldout_percent // 100, 1)
         if count >= len(numbers):
@@ -369,6 +376,25 @@ def split_tasks(
         "max_episodes_per_task": max_per_task,
         "tasks": tasks,
     }
+
+
+def fold_split(chosen: list[tuple[Source, list[EpisodeFile]]], fold: int, folds: int, max_per_task: int | None) -> dict:
+    """split_tasks' cross-validation split: fold `fold` of `folds` held out."""
+    total = sum(len(episodes) for _, episodes in chosen)
+    if not 2 <= folds <= total:
+        raise ConversionError(f"{folds} folds: {total} episode(s) make between 2 and {total} folds")
+    if not 0 <= fold < folds:
+        raise ConversionError(f"fold {fold} of {folds}: folds are numbered 0 to {folds - 1}")
+    tasks, dealt = [], 0
+    for source, episodes in chosen:
+        numbers = [episode.number for episode in episodes]
+        held = [n for position, n in enumerate(numbers, dealt) if position % folds == fold]
+        dealt += len(numbers)
+        if len(held) == len(numbers):
+            raise ConversionError(f"{source.root}: fold {fold} of {folds} holds out all its {len(numbers)} episode(s)")
+        tasks.append({"task": source.task, "root": str(source.root),
+                      "train": [n for n in numbers if n not in held], "heldout": held})  # fmt: skip
+    return {"folds": folds, "fold": fold, "max_episodes_per_task": max_per_task, "tasks": tasks}
 
 
 def read_split(path: pathlib.Path, part: str) -> list[tuple[pathlib.Path, frozenset[int]]]:

@@ -270,23 +270,6 @@ def clearly_better(versus_baseline: dict | None, lower_is_better: bool = True) -
     return high < 0 if lower_is_better else low > 0
 
 
-def fold_assignment(episodes: list[int], folds: int, tasks: list[str] | None = None) -> list[list[int]]:
-    """K disjoint folds covering every episode, as even as possible; with tasks, each task's episodes are dealt
-    round-robin separately, so every fold holds out a share of every task. Deterministic (sorted order)."""
-    if not 2 <= folds <= len(episodes):
-        raise ValueError(f"--folds must be between 2 and the number of episodes ({len(episodes)}), got {folds}")
-    groups: dict[str, list[int]] = {}
-    for position, episode in enumerate(episodes):
-        groups.setdefault(tasks[position] if tasks else "", []).append(episode)
-    assigned: list[list[int]] = [[] for _ in range(folds)]
-    dealt = 0
-    for task in sorted(groups):
-        for episode in sorted(groups[task]):
-            assigned[dealt % folds].append(episode)
-            dealt += 1
-    return [sorted(fold) for fold in assigned]
-
-
 def episode_metrics(outputs: FrameOutputs) -> dict[int, dict[str, float | None]]:
     """Every per-episode metric of one checkpoint (the progress ones only for a model with a head)."""
     metrics = {e: {"action_mse": v} for e, v in episode_action_mse(outputs, outputs.predicted).items()}

@@ -89,6 +89,31 @@ def test_split_with_a_count_and_a_cap_per_task(tasks):
         converter.split_tasks([tasks["place_dual_shoes"]], heldout=3)
 
 
+def test_folds_hold_out_every_episode_once_and_a_share_of_each_task(tasks):
+    roots = [tasks["stack_blocks"], tasks["place_dual_shoes"], tasks["handover_block"]]
+    splits = [converter.split_tasks(roots, fold=(f, 3)) for f in range(3)]
+    # dealt by hand: positions 0-10 stack_blocks, 11-13 place_dual_shoes, 14-15 handover_block; fold f gets
+    # the positions p with p % 3 == f
+    assert [(e["task"], e["heldout"]) for e in splits[0]["tasks"]] == [
+        ("stack_blocks", [0, 3, 6, 9]), ("place_dual_shoes", [1]), ("handover_block", [1])
+    ]  # fmt: skip
+    assert [len(e["heldout"]) for s in splits for e in s["tasks"]] == [4, 1, 1, 4, 1, 0, 3, 1, 1]
+    for position, (task, (_, episodes)) in enumerate(TASKS.items()):
+        held = [n for s in splits for n in s["tasks"][position]["heldout"]]
+        assert sorted(held) == list(range(episodes)), task  # every episode held out exactly once
+        for s in splits:
+            entry = s["tasks"][position]
+            assert sorted(entry["train"] + entry["heldout"]) == list(range(episodes))
+            assert set(entry["train"]).isdisjoint(entry["heldout"])
+    assert (splits[2]["folds"], splits[2]["fold"]) == (3, 2)
+    with pytest.raises(
+        converter.ConversionError, match="place_dual_shoes/demo_clean: fold 1 of 2 holds out all its 1 "
+    ):
+        converter.split_tasks(roots, max_per_task=1, fold=(1, 2))
+    with pytest.raises(converter.ConversionError, match="17 folds: 16 episode"):
+        converter.split_tasks(roots, fold=(0, 17))
+
+
 def test_glob_and_repeated_roots_make_one_multi_task_dataset(tasks, tmp_path, capsys):
     argv = ["--root", legacy_glob(tasks), "--root", str(tasks["handover_block"]), "--repo-id", "t/multi"]
     argv += ["--output-root", str(tmp_path), "--max-episodes-per-task", "2", "--verify", *FAST]

@@ -259,22 +259,6 @@ def test_per_episode_progress_metrics_count_each_frame_once_across_noise_draws()
     assert metrics[8] == pytest.approx({"progress_mae": 0.9, "progress_rank_correlation": -1.0})
 
 
-def test_folds_are_disjoint_cover_every_episode_and_split_each_task() -> None:
-    episodes = list(range(10))
-    tasks = ["shoes"] * 6 + ["cup"] * 4
-    folds = evaluate.fold_assignment(episodes, 3, tasks)
-    assert sorted(e for fold in folds for e in fold) == episodes
-    assert len(folds) == 3 and all(folds)
-    for task in ("shoes", "cup"):
-        of_task = [e for e, t in zip(episodes, tasks) if t == task]
-        # each fold holds out a near-even share of every task
-        shares = [sum(e in fold for e in of_task) for fold in folds]
-        assert max(shares) - min(shares) <= 1, (task, shares)
-    assert evaluate.fold_assignment([5, 3, 9, 1], 2) == [[1, 5], [3, 9]]
-    with pytest.raises(ValueError, match="--folds"):
-        evaluate.fold_assignment([1, 2], 3)
-
-
 def test_a_split_that_trains_on_a_held_out_episode_is_refused(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "split.json"
     record = {"repo_id": "a/b", "heldout_repo_id": "a/b_heldout", "train_episodes": [0, 1, 2]}
