@@ -8,6 +8,7 @@ Usage: bash run_experiments.sh [--root DIR]... [--max-episodes-per-task N] [--re
                                [--configs A,B,...] [--no-baseline] [--keep-going] [--force] [--reconvert] [--dry-run]
                                [--log-dir DIR] [--heldout N] [--no-eval | --eval-only] [--eval-frames N]
                                [--gpus-per-run N] [--batch-size B] [--sim-eval ROBOTWIN_DIR [--sim-trials N]] [--seeds N]
+                               [--folds K [--fold F]]
                                [--slurm [--slurm-args ARGS] [--slurm-prep-args ARGS] [--slurm-train-args ARGS]]
                                [--status] [--cancel] [--stage STAGE] [--demo [--out DIR] [--steps N]] [-h|--help]
 
@@ -47,6 +48,14 @@ Usage: bash run_experiments.sh [--root DIR]... [--max-episodes-per-task N] [--re
                     own: experiment name NAME-seedS, log and finish marker LOG_DIR/CONFIG-seedS.{log,done}, its own
                     SLURM job (--seed S, with --stage train: that seed only); the evaluation gets every seed's
                     experiment name (default: 1, one run per config under NAME, as before)
+  --folds K         cross-validation instead of one held-out split: the episodes (counted across tasks) dealt
+                    round-robin into K folds, and the whole sequence run for fold 0, 1, ... in turn, each holding
+                    out its fold: datasets ID_foldF and ID_foldF_heldout, experiment names NAME-foldF[-seedS], logs
+                    and split.json in LOG_DIR/foldF, its evaluation in EVAL_DIR/foldF; then the folds' evaluations
+                    pooled into EVAL_DIR (every episode evaluated once, by the fold that held it out; --stage pool
+                    pools only). Not with --heldout or --sim-eval. With --slurm: every fold's jobs, then one pooling
+                    the folds after their evaluations
+  --fold F          with --folds K: fold F only (0 to K-1), not pooled
   --sim-eval DIR    then RoboTwin's closed-loop evaluation of each deployed config in the RoboTwin checkout DIR
                     (sim_eval.py run, the same environment seeds for every arm; log LOG_DIR/sim_eval_CONFIG.log),
                     collected into EVAL_DIR/sim_results.{json,md}, the table printed last; SIM_PYTHON is the
@@ -74,7 +83,7 @@ Usage: bash run_experiments.sh [--root DIR]... [--max-episodes-per-task N] [--re
   --cancel          cancel the recorded SLURM jobs that are still queued or running (scancel)
   --stage STAGE     run one part only, as the SLURM jobs do: prepare (everything before training, no GPU), train,
                     evaluate (the evaluation, no deploy), sim-eval (deploy and simulator run of the configs' runs),
-                    sim-collect (the simulator table)
+                    sim-collect (the simulator table), pool (with --folds: the folds' evaluations pooled)
 
 Environment:
   OPENPI_DIR        openpi checkout with the patch applied (required without --demo)
@@ -164,6 +173,8 @@ SLURM_ENDED_STATES = frozenset(
     "BOOT_FAIL CANCELLED COMPLETED DEADLINE FAILED NODE_FAIL OUT_OF_MEMORY PREEMPTED TIMEOUT unknown".split()
 )
 HELDOUT_SUFFIX = "_heldout"
+# --folds K: fold F trains on ID_foldF (its held-out part: ID_foldF_heldout) under NAME-foldF, logged in LOG_DIR/foldF.
+FOLD_SUFFIX = "_fold"
 # The SLURM jobs a --slurm call submitted, in LOG_DIR/slurm: what --status and --cancel read.
 JOBS_FILE = "jobs.json"
 # RoboTwin's eval_policy.py runs 100 trials.
@@ -286,6 +297,8 @@ class Settings:
     sim_trials: int
     seeds: int
     seed: int | None
+    folds: int | None
+    fold: int | None
     job_args: tuple[str, ...]
     slurm_args: tuple[str, ...]
     slurm_prep_args: tuple[str, ...]
@@ -344,13 +357,15 @@ FLAGS: dict[str, tuple[str, str | None, bool]] = {
     "--slurm-args": ("slurm_args", "--slurm-args needs sbatch options", False),
     "--slurm-prep-args": ("slurm_prep_args", "--slurm-prep-args needs sbatch options", False),
     "--slurm-train-args": ("slurm_train_args", "--slurm-train-args needs sbatch options", False),
-    "--stage": ("stage", "--stage needs prepare, train, evaluate, sim-eval or sim-collect", False),
+    "--stage": ("stage", "--stage needs prepare, train, evaluate, sim-eval, sim-collect or pool", False),
     "--heldout": ("heldout", "--heldout needs a number", True),
     "--eval-frames": ("eval_frames", "--eval-frames needs a number", True),
     "--sim-eval": ("sim_eval", "--sim-eval needs a RoboTwin checkout", False),
     "--sim-trials": ("sim_trials", "--sim-trials needs a number", False),
     "--seeds": ("seeds", "--seeds needs a number", True),
     "--seed": ("seed", "--seed needs a number", False),
+    "--folds": ("folds", "--folds needs a number", True),
+    "--fold": ("fold", "--fold needs a number", True),
     "--no-baseline": ("no_baseline", None, True),
     "--with-baseline": ("with_baseline", None, False),
     "--no-eval": ("no_eval", None, True),
@@ -411,6 +426,32 @@ def positive(flag: str, value: str) -> int:
     return int(value)
 
 
+def cross_validation(flags: dict[str, str], stage: str) -> tuple[int | None, int | None]:
+    """--folds K and --fold F, checked against the flags they exclude."""
+    if "folds" not in flags:
+        if "fold" in flags or stage == "pool":
+            raise UsageError(f"{'--fold' if 'fold' in flags else '--stage pool'} goes with --folds K")
+        return None, None
+    folds = positive("--folds", flags["folds"])
+    if folds < 2:
+        raise UsageError("--folds wants 2 or more folds")
+    if "heldout" in flags:
+        raise UsageError("--folds holds out each fold in turn, --heldout the last episodes: give one of them")
+    if "sim_eval" in flags:
+        raise UsageError(
+            "--sim-eval evaluates in new simulator scenes, where holding out episodes changes nothing: "
+            "give it without --folds (--seeds gives its trainings' spread)"
+        )
+    if "fold" not in flags:
+        return folds, None
+    fold = flags["fold"]
+    if not re.fullmatch(r"[0-9]+", fold) or int(fold) >= folds:
+        raise UsageError(f"--fold wants a fold from 0 to {folds - 1}, got '{fold}'")
+    if stage == "pool":
+        raise UsageError("--stage pool pools every fold: give it without --fold")
+    return folds, int(fold)
+
+
 def settings_from(argv: list[str], environ: dict[str, str]) -> Settings:
     """Reads the flags and the environment into Settings; every usage error is raised here, before any work."""
     flags, roots, job_args = read_flags(argv)
@@ -431,8 +472,8 @@ def settings_from(argv: list[str], environ: dict[str, str]) -> Settings:
         )
     if demo and gpus_per_run:
         raise UsageError("--gpus-per-run cuts GPUs into groups, and --demo trains on the CPU")
-    if stage not in ("", "prepare", "train", *LATER_STAGES):
-        raise UsageError(f"--stage wants prepare, train, evaluate, sim-eval or sim-collect, got '{stage}'")
+    if stage not in ("", "prepare", "train", *LATER_STAGES, "pool"):
+        raise UsageError(f"--stage wants prepare, train, evaluate, sim-eval, sim-collect or pool, got '{stage}'")
     if stage.startswith("sim-") and not sim_eval:
         raise UsageError(f"--stage {stage} goes with --sim-eval")
     if slurm and stage:
@@ -450,6 +491,7 @@ def settings_from(argv: list[str], environ: dict[str, str]) -> Settings:
         raise UsageError("--eval-only and --no-eval exclude each other")
     if heldout is not None and int(heldout) == 0 and evaluate:
         raise UsageError("--heldout 0 leaves nothing to evaluate on: add --no-eval")
+    folds, fold = cross_validation(flags, stage)
     seeds = positive("--seeds", get("seeds", "1"))
     seed = positive("--seed", get("seed")) if get("seed") else None
     if seed is not None and not (seeds > 1 and seed in range(FIRST_SEED, FIRST_SEED + seeds)):
@@ -467,15 +509,19 @@ def settings_from(argv: list[str], environ: dict[str, str]) -> Settings:
     env = dict(environ)
     repo_id = get("repo_id", DEFAULT_REPO_ID)
     exp_name = get("exp_name") or repo_id.rsplit("/", 1)[-1]
+    out = absolute(get("out", "demo_output")) if demo else get("out", "demo_output")
+    log_dir = get("log_dir") or (f"{out}/logs" if demo else f"experiment_logs/{exp_name}")
+    eval_dir = f"{out}/evaluation" if demo else f"{log_dir}/evaluation"
+    if fold is not None:
+        # one fold is a run of its own: its datasets, experiment names, logs and evaluation
+        repo_id, exp_name = f"{repo_id}{FOLD_SUFFIX}{fold}", f"{exp_name}-fold{fold}"
+        log_dir, eval_dir = f"{log_dir}/fold{fold}", f"{eval_dir}/fold{fold}"
     openpi_dir = environ.get("OPENPI_DIR", "")
-    out = get("out", "demo_output")
     script = str(SCRIPT_DIR)
     if demo:
-        out = absolute(out)
         roots = roots or [f"{out}/samples/{TASK_LAYOUT}"]
         env["HF_LEROBOT_HOME"] = f"{out}/lerobot"
         env["HF_DATASETS_CACHE"] = f"{out}/hf_datasets_cache"
-        log_dir = get("log_dir") or f"{out}/logs"
         workdir = script
         train_cmd = (
             environ.get("TRAIN_CMD") or f"{python} {script}/openpi_patch/train_demo.py --out {out}/openpi"
@@ -489,7 +535,6 @@ def settings_from(argv: list[str], environ: dict[str, str]) -> Settings:
             else [python, f"{script}/openpi_patch/norm_stats.py", "--demo", "--repo-id", repo_id, "--lerobot-home",
                   f"{out}/lerobot", "--assets-base-dir", f"{out}/openpi/assets"]
         )  # fmt: skip
-        eval_dir = f"{out}/evaluation"
         eval_cmd = (environ.get("EVAL_CMD") or f"{python} {script}/openpi_patch/evaluate.py --demo").split()
         if not environ.get("EVAL_CMD"):
             eval_cmd += ["--openpi-out", f"{out}/openpi"]
@@ -500,7 +545,6 @@ def settings_from(argv: list[str], environ: dict[str, str]) -> Settings:
             or f"{environ.get('XDG_CACHE_HOME') or environ.get('HOME', '') + '/.cache'}/huggingface"
         )
         env["HF_LEROBOT_HOME"] = environ.get("HF_LEROBOT_HOME") or f"{cache}/lerobot"
-        log_dir = get("log_dir") or f"experiment_logs/{exp_name}"
         workdir = openpi_dir or "$OPENPI_DIR"
         train_cmd = (environ.get("TRAIN_CMD") or "uv run scripts/train.py").split()
         openpi_python = (environ.get("OPENPI_PYTHON") or "uv run python").split()
@@ -509,7 +553,6 @@ def settings_from(argv: list[str], environ: dict[str, str]) -> Settings:
             if environ.get("NORM_STATS_CMD")
             else [*openpi_python, f"{script}/openpi_patch/norm_stats.py", "--repo-id", repo_id]
         )
-        eval_dir = f"{log_dir}/evaluation"
         eval_cmd = (
             environ["EVAL_CMD"].split()
             if environ.get("EVAL_CMD")
@@ -549,6 +592,8 @@ def settings_from(argv: list[str], environ: dict[str, str]) -> Settings:
         sim_trials=sim_trials,
         seeds=seeds,
         seed=seed,
+        folds=folds,
+        fold=fold,
         job_args=tuple(job_args),
         slurm_args=tuple(get("slurm_args", "").split()),
         slurm_prep_args=tuple(get("slurm_prep_args", "").split()),
@@ -851,10 +896,11 @@ def expand_roots(s: Settings) -> list[str]:
         raise Failure(str(error)) from None
 
 
-def preflight_checkpoint_disk(s: Settings) -> None:
-    """Free disk for the checkpoints of every training this run starts, before the first one starts: a full disk
-    found at the first save (about 20 minutes in on 8 GPUs) loses that training and the ones queued after it."""
-    runs = sum(not s.is_finished(run) for run in s.runs)
+def preflight_checkpoint_disk(s: Settings, runs: int | None = None) -> None:
+    """Free disk for the checkpoints of every training this run starts (or of `runs` trainings: every fold's),
+    before the first one starts: a full disk found at the first save (about 20 minutes in on 8 GPUs) loses that
+    training and the ones queued after it."""
+    runs = sum(not s.is_finished(run) for run in s.runs) if runs is None else runs
     per_run_gib = (TRAIN_STEPS // KEEP_PERIOD + 1) * CHECKPOINT_GIB
     need_kb = runs * per_run_gib * 1024 * 1024
     checkpoints = f"{s.workdir}/checkpoints"
@@ -940,19 +986,22 @@ def split_episodes(s: Settings) -> Split:
     import convert_robotwin_democlean_to_lerobot as converter
 
     roots = expand_roots(s)
+    fold = None if s.fold is None else (s.fold, s.folds)
     if s.dry_run and not all(os.path.isdir(root) for root in roots):
         held = s.heldout if s.heldout is not None else f"{converter.DEFAULT_HELDOUT_PERCENT}%"
-        say(f"+ split: the last {held} of the episodes in {' '.join(roots)}, once they exist")
+        what = f"fold {s.fold} of {s.folds}" if fold else f"the last {held}"
+        say(f"+ split: {what} of the episodes in {' '.join(roots)}, once they exist")
         return Split(tuple(roots), {})
+    paths = [pathlib.Path(root) for root in roots]
     try:
-        split = Split(
-            tuple(roots),
-            converter.split_tasks([pathlib.Path(root) for root in roots], s.heldout, max_per_task=s.max_per_task),
-        )
+        split = Split(tuple(roots), converter.split_tasks(paths, s.heldout, max_per_task=s.max_per_task, fold=fold))
     except converter.ConversionError as error:
         # the roots passed the preflight: what is left is a split the flags make impossible
         raise UsageError(str(error)) from None
     train, held = len(split.episodes("train")), len(split.episodes("heldout"))
+    if fold:
+        say(f"split: fold {s.fold} of {s.folds}: the episodes at positions {s.fold} modulo {s.folds} (counted across "
+            "tasks) held out")  # fmt: skip
     if not split.several:
         say(
             f"split: {train} training episode(s) ({split.spec('train')}) -> {s.repo_id}, "
@@ -983,6 +1032,8 @@ def split_record(s: Settings, split: Split) -> dict:
         "train_episodes": split.episodes("train"),
         "heldout_episodes": split.episodes("heldout"),
     }
+    if s.fold is not None:
+        record.update(folds=s.folds, fold=s.fold)
     return {**record, **split.plan} if split.several else record
 
 
@@ -1181,8 +1232,10 @@ def train_runs(s: Settings, runner: Runner, groups: list[str], outcomes: dict[Ru
         elif s.dry_run:
             command = training_command(s, run, groups[len(pending) % len(groups)])
             pending.append(run)
-            mem = s.env["XLA_PYTHON_CLIENT_MEM_FRACTION"]
-            show_cmd(["env", "-C", s.workdir, f"XLA_PYTHON_CLIENT_MEM_FRACTION={mem}", *command])
+            mem, repo_id = s.env["XLA_PYTHON_CLIENT_MEM_FRACTION"], s.env["OPENPI_ROBOTWIN_REPO_ID"]
+            # the configs read their dataset's id from the environment: a pasted command must carry it
+            show_cmd(["env", "-C", s.workdir, f"OPENPI_ROBOTWIN_REPO_ID={repo_id}",
+                      f"XLA_PYTHON_CLIENT_MEM_FRACTION={mem}", *command])  # fmt: skip
             outcomes[run].result = "dry run"
         else:
             pending.append(run)
@@ -1254,7 +1307,7 @@ def evaluate_runs(s: Settings, runner: Runner, runs: list[Run]) -> None:
         evaluate += ["--eval-frames", s.eval_frames]
     plots = [s.python, f"{SCRIPT_DIR}/openpi_patch/evaluate.py", "--plots-only", "--out", s.eval_dir]
     if s.dry_run:
-        show_cmd(["env", "-C", s.workdir, *evaluate])
+        show_cmd(["env", "-C", s.workdir, f"OPENPI_ROBOTWIN_REPO_ID={s.repo_id}", *evaluate])
         return show_cmd(plots)
     log = pathlib.Path(s.log_dir, "evaluation.log")
     say()
@@ -1441,14 +1494,15 @@ def finish_marker(s: Settings, name: str) -> str:
     return marker.read_text().rstrip("\n") if marker.is_file() else "no"
 
 
-def show_status(s: Settings) -> None:
-    """The recorded jobs with their states and finish markers, then the configs no recorded job trains."""
+def show_status(s: Settings, trainings: bool = True) -> None:
+    """The recorded jobs with their states and finish markers, then (unless not trainings: the folds' pooling job)
+    the configs no recorded job trains."""
     rows: list[tuple[str, str, str]] = []
     if recorded_jobs(s):
         need_commands("squeue")
         rows = recorded_job_states(s)
     recorded = {row[0] for row in rows}
-    rows += [(run.name, "-", "-") for run in s.runs if run.name not in recorded]
+    rows += [(run.name, "-", "-") for run in s.runs if trainings and run.name not in recorded]
     say(job_row("job", "job id", "state", "finished"))
     for name, id_, state in rows:
         say(job_row(name, id_, state, finish_marker(s, name)))
@@ -1565,9 +1619,9 @@ def submit_sim_jobs(s: Settings, args: list[str], after: dict[Run, str]) -> list
     return rows
 
 
-def submit_jobs(s: Settings) -> None:
+def submit_jobs(s: Settings) -> str:
     """Submits the preparation job, one training job per unfinished config after it, and (unless --no-eval) the
-    evaluation after every training; prints the jobs table."""
+    evaluation after every training; prints the jobs table. Returns the evaluation job's id ("" when none)."""
     if not s.dry_run:
         need_commands("sbatch")
         preflight(s)
@@ -1584,13 +1638,15 @@ def submit_jobs(s: Settings) -> None:
         else:
             to_train.append(run)
     if not to_train:
-        return say("slurm: every config has finished, nothing to submit (--eval-only evaluates them)")
+        say("slurm: every config has finished, nothing to submit (--eval-only evaluates them)")
+        return ""
     warn_batch_size(s, s.gpus_per_run or 1)
     os.makedirs(s.slurm_dir, exist_ok=True)
     if not s.dry_run:
         atomic_files.write_json(pathlib.Path(s.slurm_dir, JOBS_FILE), [])
     args = list(s.job_args)
     rows = []
+    evaluation_id = ""
     try:
         prepare_id = submit_job(
             s,
@@ -1609,8 +1665,10 @@ def submit_jobs(s: Settings) -> None:
             trainings = ":".join(train_ids.values())
             # With --sim-eval the simulator jobs deploy, so the evaluation job must not replace their folders.
             only = ["--stage", "evaluate"] if s.sim_eval else ["--eval-only"]
-            job_id = submit_job(s, "evaluation", "train", trainings, [*args, "--configs", ",".join(s.configs), *only])
-            rows.append(("evaluation", job_id, f"afterok:{trainings}"))
+            evaluation_id = submit_job(
+                s, "evaluation", "train", trainings, [*args, "--configs", ",".join(s.configs), *only]
+            )
+            rows.append(("evaluation", evaluation_id, f"afterok:{trainings}"))
         if s.sim_eval:
             rows += submit_sim_jobs(s, args, {run: train_ids.get(run, prepare_id) for run in s.runs})
     except Failure as failure:
@@ -1626,6 +1684,30 @@ def submit_jobs(s: Settings) -> None:
         say(f"slurm: dry run, nothing submitted; the job scripts are in {s.slurm_dir}")
     else:
         say(f"slurm: follow with: bash {LAUNCHER} --status --log-dir {s.log_dir} (--cancel cancels them)")
+    return evaluation_id
+
+
+def submit_folds(s: Settings, folds: list[Settings]) -> None:
+    """--folds K with --slurm: every fold's jobs (as submit_jobs), then one job pooling the folds' evaluations after
+    all of them (--stage pool), recorded in LOG_DIR/slurm/jobs.json."""
+    evaluations = []
+    for f in folds:
+        say(f"fold {f.fold} of {s.folds}:")
+        evaluations.append(submit_jobs(f))
+        say()
+    if not s.evaluate:
+        return
+    if not all(evaluations):
+        return say(
+            f"slurm: no pooling job; once every fold is evaluated: bash {LAUNCHER} --folds {s.folds} --stage pool"
+        )
+    os.makedirs(s.slurm_dir, exist_ok=True)
+    if not s.dry_run:
+        atomic_files.write_json(pathlib.Path(s.slurm_dir, JOBS_FILE), [])
+    everything = ":".join(evaluations)
+    job_id = submit_job(s, "pool", "prepare", everything, [*s.job_args, "--stage", "pool"])
+    say(job_row("job", "job id", "dependency"))
+    say(job_row("pool", "(dry run)" if s.dry_run else job_id, f"afterok:{everything}"))
 
 
 # --- the whole sequence ---------------------------------------------------------------------------------------------
@@ -1694,19 +1776,95 @@ def run_experiments(s: Settings) -> int:
     return status
 
 
+# --- cross-validation: the whole sequence once per fold, then the folds pooled --------------------------------------
+
+
+def fold_settings(s: Settings, argv: list[str], environ: dict[str, str]) -> list[Settings]:
+    """Each fold's settings, as `--fold F` added to the command line gives them (less --stage pool: pooling is no
+    stage of one fold)."""
+    words = list(argv)
+    if s.stage == "pool":
+        del words[words.index("--stage") : words.index("--stage") + 2]
+    return [settings_from([*words, "--fold", str(fold)], environ) for fold in range(s.folds)]
+
+
+def pool_folds(s: Settings, folds: list[Settings]) -> None:
+    """evaluate.py --pool-folds over every fold's evaluation into EVAL_DIR (run by PYTHON: it reads results files
+    and needs no openpi); prints the pooled table."""
+    missing = [f.eval_dir for f in folds if not pathlib.Path(f.eval_dir, "results.json").is_file()]
+    exp_names = ",".join(dict.fromkeys(run.exp_name for run in s.runs))
+    fold_dirs = ",".join(absolute(f.eval_dir) for f in folds)
+    pool = [s.python, f"{SCRIPT_DIR}/openpi_patch/evaluate.py", "--pool-folds", fold_dirs, "--exp-name", exp_names,
+            "--out", absolute(s.eval_dir)]  # fmt: skip
+    if s.dry_run:
+        return show_cmd(pool)
+    if missing:
+        raise Failure(f"not every fold was evaluated (no results.json in {', '.join(missing)}): nothing pooled")
+    say()
+    say(f"pool: the {s.folds} folds' evaluations -> {s.eval_dir}")
+    if subprocess.run(pool, stdout=subprocess.DEVNULL, check=False, env=s.env).returncode != 0:
+        raise Failure("pooling the folds' evaluations failed")
+    say()
+    sys.stdout.write(pathlib.Path(s.eval_dir, "results.md").read_text())
+    sys.stdout.flush()
+
+
+def run_folds(s: Settings, argv: list[str], environ: dict[str, str]) -> int:
+    """--folds K: the whole sequence for fold 0, 1, ... in turn (each its own split, datasets, trainings and
+    evaluation), then the folds' evaluations pooled; a failed fold stops the folds after it (unless --keep-going)
+    and the pooling. The exit status."""
+    folds = fold_settings(s, argv, environ)
+    status = 0
+    if s.stage != "pool":
+        trains = not (s.demo or s.eval_only or s.dry_run or s.stage == "prepare")
+        if trains:
+            # every fold's checkpoints stay: the disk must hold them all, not only the first fold's
+            preflight_checkpoint_disk(s, sum(not f.is_finished(run) for f in folds for run in f.runs))
+        for f in folds:
+            say(f"fold {f.fold} of {s.folds}: {f.repo_id}, experiment {f.exp_name}, logs {f.log_dir}")
+            fold_status = run_experiments(f)
+            if fold_status == 130:
+                return 130
+            status |= fold_status
+            if status and not s.keep_going:
+                left = " ".join(str(later.fold) for later in folds if later.fold > f.fold)
+                err(f"fold {f.fold} failed" + (f"; folds {left} not run (--keep-going runs them)" if left else ""))
+                return status
+            say()
+    if s.evaluate and s.stage in ("", "evaluate", "pool"):
+        try:
+            pool_folds(s, folds)
+        except Failure as failure:
+            err(str(failure))
+            status = 1
+    return status
+
+
 def main(argv: list[str]) -> int:
     try:
-        s = settings_from(argv, dict(os.environ))
-        if s.status:
-            show_status(s)
-            return 0
-        if s.cancel:
-            cancel_jobs(s)
+        environ = dict(os.environ)
+        s = settings_from(argv, environ)
+        # --folds without --fold: every command below for each fold
+        each = fold_settings(s, argv, environ) if s.folds and s.fold is None else [s]
+        if s.status or s.cancel:
+            for one in each:
+                if len(each) > 1:
+                    say(f"fold {one.fold}:")
+                if s.status:
+                    show_status(one)
+                elif len(each) == 1 or recorded_jobs(one):
+                    cancel_jobs(one)
+            if len(each) > 1 and recorded_jobs(s):
+                say("pooling:")
+                if s.status:
+                    show_status(s, trainings=False)
+                else:
+                    cancel_jobs(s)
             return 0
         if s.slurm:
-            submit_jobs(s)
+            submit_folds(s, each) if len(each) > 1 else submit_jobs(s)
             return 0
-        return run_experiments(s)
+        return run_folds(s, argv, environ) if len(each) > 1 else run_experiments(s)
     except UsageError as error:
         err(str(error))
         return 2

@@ -4,6 +4,7 @@
                                     [--eval-frames N] [--num-steps N] [--batch-size N] [--checkpoint-base-dir DIR]
                                     [--demo [--openpi-out DIR]] [--no-plots] [--debug]
     python openpi_patch/evaluate.py --plots-only --out DIR
+    python openpi_patch/evaluate.py --pool-folds DIR,DIR,... --exp-name NAME[,NAME...] --out DIR [--no-plots]
 
 run_experiments.sh runs it after the last training (the first form in OPENPI_DIR with the interpreter that imports
 the patched openpi, with --no-plots; the second with its own PYTHON, which has matplotlib). For every config that has
@@ -21,9 +22,13 @@ evenly spaced ones) through the config's own transforms:
 The baseline's progress entries are null.
 
 Writes into --out: results.json (split, per config the latest checkpoint's metrics and every checkpoint's history,
-per experiment the predicted and true progress of every evaluated frame), results.md (the table, best value per
-column in bold), and with matplotlib progress.png (predicted vs true progress over each held-out episode, one panel
-per experiment) and, where a config has several checkpoints, metrics_by_step.png.
+per experiment the predicted and true progress of every evaluated frame), results.md (the table with 95% bootstrap
+intervals over episodes and seed runs, a value bold only where its paired difference against the baseline excludes
+0), and with matplotlib progress.png (predicted vs true progress over each held-out episode, one panel per
+experiment) and, where a config has several checkpoints, metrics_by_step.png. With several tasks in one dataset
+(split.json's tasks) an episode is "task:N" and every config also gets per-task entries and table rows.
+The third form pools the folds of a cross-validation (run_experiments.sh --folds K): every episode was held out by
+one fold, and the intervals are recomputed over all of them.
 --demo evaluates run_experiments.sh --demo's small CPU variants (openpi_patch/train_demo.py's checkpoints under
 --openpi-out), with openpi from the installed package patched in a temporary copy.
 """
@@ -89,6 +94,10 @@ class Split:
     heldout_repo_id: str
     train_episodes: list[int]
     heldout_episodes: list[int]
+    # per held-out dataset episode, the key of its metrics: the source episode number, with its task ("task:N")
+    # when several tasks share a dataset (their numbers repeat)
+    heldout_labels: list[str]
+    tasks: dict[str, str]  # label -> task, with several tasks only
 
 
 @dataclasses.dataclass
@@ -154,11 +163,11 @@ def checkpoint_metrics(outputs: FrameOutputs, training_mean: np.ndarray | None) 
     }
 
 
-def episode_action_mse(outputs: FrameOutputs, predicted: np.ndarray) -> dict[int, float]:
+def episode_action_mse(outputs: FrameOutputs, predicted: np.ndarray) -> dict:
     """Action MSE per held-out episode (its frames' recorded steps), the unit the intervals resample."""
     squared = np.square(predicted.astype(np.float64) - outputs.recorded.astype(np.float64)).mean(axis=-1)
     return {
-        int(e): float(squared[outputs.episode == e][~outputs.is_pad[outputs.episode == e]].mean())
+        e: float(squared[outputs.episode == e][~outputs.is_pad[outputs.episode == e]].mean())
         for e in dict.fromkeys(outputs.episode.tolist())
     }
 
@@ -191,7 +200,7 @@ def episode_progress_metrics(outputs: FrameOutputs) -> dict[int, dict[str, float
         predicted, true = outputs.predicted_progress[rows][first], outputs.true_progress[rows][first]
         correlations = [rank_correlation(predicted[:, k], true[:, k]) for k in range(true.shape[1])]
         correlations = [c for c in correlations if c is not None]
-        metrics[int(e)] = {
+        metrics[e] = {
             "progress_mae": progress_mae(predicted, true),
             "progress_rank_correlation": float(np.mean(correlations)) if correlations else None,
         }
@@ -307,9 +316,19 @@ def render_table(results: dict) -> str:
     """results.md: one row per config; a value in bold where its paired difference against the baseline has a 95%
     interval that excludes 0 on the better side (never the baseline's own, never by ranking alone)."""
     configs = results["configs"]
+    episodes = results.get("heldout_labels") or results["heldout_episodes"]
+    if results.get("folds"):
+        title = (
+            f"Cross-validated over {results['folds']} folds: {results['heldout_frames']} frames of {len(episodes)} "
+            "episodes, each evaluated by the checkpoints of the fold that held it out (trained on the other folds)"
+        )
+    else:
+        title = (
+            f"Held-out evaluation: {results['heldout_frames']} frames of episodes "
+            f"{', '.join(map(str, episodes))} (trained on {len(results['train_episodes'])} episodes)"
+        )
     lines = [
-        f"Held-out evaluation: {results['heldout_frames']} frames of episodes "
-        f"{', '.join(map(str, results['heldout_episodes']))} (trained on {len(results['train_episodes'])} episodes)",
+        title,
         "",
         "| config | " + " | ".join(title for _, title in TABLE_COLUMNS) + " |",
         "|---|" + "---:|" * len(TABLE_COLUMNS),
@@ -340,6 +359,7 @@ def render_table(results: dict) -> str:
                 better = clearly_better(versus, lower_is_better=metric not in HIGHER_IS_BETTER)
                 cells.append(f"**{text}**" if better else text)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += task_table(configs)
     lines += [
         "",
         "Action MSE in joint space (rad; grippers 0-1) against the recorded 50-step chunk; progress MAE in [0, 1];",
@@ -352,6 +372,31 @@ def render_table(results: dict) -> str:
             " evidence (more --heldout episodes or --seeds give intervals)."
         )
     return "\n".join(lines) + "\n"
+
+
+def task_table(configs: dict) -> list[str]:
+    """The per-task rows (several tasks only): each metric with its interval over the task's episodes, and the
+    action error's paired difference against the baseline, bold when its interval excludes 0 on the better side."""
+    rows = [(name, task, entry) for name, c in configs.items() for task, entry in c.get("per_task", {}).items()]
+    if not rows:
+        return []
+    metrics = ("action_mse", "progress_mae", "progress_rank_correlation")
+    lines = ["", "| config | task | episodes | " + " | ".join(metrics) + " | action_mse - baseline |"]
+    lines.append("|---|---|---:|" + "---:|" * (len(metrics) + 1))
+    for name, task, entry in rows:
+        cells = [str(entry["episodes"])]
+        for metric in metrics:
+            interval = entry["intervals"].get(metric)
+            text = format_value(entry.get(metric))
+            cells.append(text if interval is None else f"{text} {interval_text(interval)}")
+        versus = entry["versus_baseline"].get("action_mse")
+        if versus is None:
+            cells.append("n/a")
+        else:
+            text = f"{format_value(versus['difference'])} {interval_text(versus['interval'])}"
+            cells.append(f"**{text}**" if clearly_better(versus) else text)
+        lines.append(f"| {name} | {task} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def draw_plots(results: dict, out: pathlib.Path) -> list[pathlib.Path]:
@@ -456,25 +501,33 @@ def make_evaluate_batch(num_steps: int):
 def read_split(path: pathlib.Path) -> Split:
     try:
         record = json.loads(path.read_text())
-        split = Split(
-            str(record["repo_id"]),
-            str(record["heldout_repo_id"]),
-            [int(n) for n in record["train_episodes"]],
-            [int(n) for n in record["heldout_episodes"]],
-        )
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise EvaluationError(f"{path}: not a split record of run_experiments.sh ({error})") from None
-    if not split.heldout_episodes:
-        raise EvaluationError(f"{path}: no held-out episodes")
-    # Several tasks (run_experiments.sh with several --root) repeat episode numbers across tasks: each task's own.
-    tasks = record.get("tasks") or [{"train": split.train_episodes, "heldout": split.heldout_episodes}]
-    try:
+        train, heldout = [int(n) for n in record["train_episodes"]], [int(n) for n in record["heldout_episodes"]]
+        repo_ids = str(record["repo_id"]), str(record["heldout_repo_id"])
+        # Several tasks (run_experiments.sh with several --root) repeat episode numbers across tasks: each task's own.
+        tasks = record.get("tasks") or [{"train": train, "heldout": heldout}]
         overlap = any(set(task["train"]) & set(task["heldout"]) for task in tasks)
-    except (KeyError, TypeError) as error:
+        labels, task_of = episode_labels(tasks) if len(tasks) > 1 else ([str(n) for n in heldout], {})
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise EvaluationError(f"{path}: not a split record of run_experiments.sh ({error!r})") from None
+    if not heldout:
+        raise EvaluationError(f"{path}: no held-out episodes")
     if overlap:
         raise EvaluationError(f"{path}: episodes both trained on and held out")
-    return split
+    if len(labels) != len(heldout):
+        raise EvaluationError(
+            f"{path}: its tasks hold out {len(labels)} episodes, heldout_episodes lists {len(heldout)}"
+        )
+    return Split(*repo_ids, train, heldout, labels, task_of)
+
+
+def episode_labels(tasks: list[dict]) -> tuple[list[str], dict[str, str]]:
+    """The held-out episodes' labels "task:N" in dataset order (task by task) and each label's task; two roots of
+    one task (demo_clean and demo_randomized, say) are told apart by their roots."""
+    names = [task["task"] for task in tasks]
+    if len(set(names)) < len(names):
+        names = [task["root"] for task in tasks]
+    labels = [(f"{name}:{n}", name) for name, task in zip(names, tasks) for n in task["heldout"]]
+    return [label for label, _ in labels], dict(labels)
 
 
 def checkpoint_steps(checkpoint_dir: pathlib.Path) -> list[int]:
@@ -517,7 +570,7 @@ class HeldoutFrames:
         )
         self.dataset = data_loader.create_torch_dataset(self.data_config, config.model.action_horizon, config.model)
         self.indices = evenly_spaced(len(self.dataset), eval_frames)
-        self.episode_numbers = split.heldout_episodes
+        self.episode_labels = split.heldout_labels
 
     def transforms(self, norm_stats):
         from openpi import transforms
@@ -556,7 +609,7 @@ def run_checkpoint(frames: HeldoutFrames, model, norm_stats, evaluate_batch, bat
         raw = [frames.dataset[int(i)] for i in frames.indices[start : start + batch_size]]
         recorded += [np.asarray(item[key], np.float32) for item in raw]
         is_pad += [np.asarray(item[f"{key}_is_pad"], bool) for item in raw]
-        episode += [frames.episode_numbers[int(item["episode_index"])] for item in raw]
+        episode += [frames.episode_labels[int(item["episode_index"])] for item in raw]
         frame += [int(item["frame_index"]) for item in raw]
         chunk = [inputs(item) for item in raw]
         real = len(chunk)
@@ -596,7 +649,7 @@ def progress_curves(outputs: FrameOutputs, target: str) -> list[dict]:
         rows = outputs.episode == episode
         curves.append(
             {
-                "episode": int(episode),
+                "episode": episode,
                 "targets": [name.removeprefix("manip_progress_") for name in experiment_configs.TARGET_COLUMNS[target]],
                 "frame": outputs.frame[rows].tolist(),
                 "true": outputs.true_progress[rows].round(5).tolist(),
@@ -678,8 +731,9 @@ def seed_mean(entries: list[dict]) -> dict:
     return mean
 
 
-def add_intervals(results: dict, per_episode: dict[str, dict]) -> None:
-    """Every config's 95% intervals and, if the baseline was evaluated on the same seeds, its paired differences."""
+def add_intervals(results: dict, per_episode: dict[str, dict], tasks: dict[str, str]) -> None:
+    """Every config's 95% intervals and, if the baseline was evaluated on the same seeds, its paired differences;
+    with several tasks (tasks: episode label -> task) the same per task too."""
     baseline = per_episode.get(experiment_configs.BASELINE)
     for name, runs in per_episode.items():
         reference = baseline if name != experiment_configs.BASELINE and baseline is not None else None
@@ -688,6 +742,28 @@ def add_intervals(results: dict, per_episode: dict[str, dict]) -> None:
         intervals, versus = interval_entries(runs, reference, BOOTSTRAP_RESAMPLES)
         results["configs"][name]["intervals"] = intervals
         results["configs"][name]["versus_baseline"] = versus
+        if tasks:
+            results["configs"][name]["per_task"] = task_entries(runs, reference, tasks)
+
+
+def task_entries(runs: dict, baseline: dict | None, tasks: dict[str, str]) -> dict:
+    """Per task: its episode count, each metric's mean over its episodes (and seed runs), the interval and the
+    paired difference against the baseline, resampling that task's episodes only."""
+    entries = {}
+    for task in dict.fromkeys(tasks.values()):
+        keep = lambda run: {e: m for e, m in run.items() if tasks.get(str(e)) == task}  # noqa: E731
+        own = {exp: keep(run) for exp, run in runs.items()}
+        reference = None if baseline is None else {exp: keep(run) for exp, run in baseline.items()}
+        values = [m for run in own.values() for m in run.values()]
+        means = {
+            metric: float(np.mean([m[metric] for m in values]))
+            for metric in EPISODE_METRICS
+            if values and all(m.get(metric) is not None for m in values)
+        }
+        intervals, versus = interval_entries(own, reference, BOOTSTRAP_RESAMPLES)
+        episodes = len(next(iter(own.values())))
+        entries[task] = {"episodes": episodes, **means, "intervals": intervals, "versus_baseline": versus}
+    return entries
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -696,6 +772,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     results = {
         "train_episodes": split.train_episodes,
         "heldout_episodes": split.heldout_episodes,
+        "heldout_labels": split.heldout_labels,
+        "episode_tasks": split.tasks,
         "heldout_repo_id": split.heldout_repo_id,
         "heldout_frames": 0,
         "num_steps": args.num_steps,
@@ -728,7 +806,73 @@ def evaluate(args: argparse.Namespace) -> dict:
         results["heldout_frames"] = entries[0]["eval_frames"]
     if not results["configs"]:
         raise EvaluationError(f"none of {', '.join(args.configs)} has a checkpoint to evaluate")
-    add_intervals(results, per_episode)
+    add_intervals(results, per_episode, split.tasks)
+    return results
+
+
+def pool_folds(folds: list[dict], exp_names: list[str], sources: list[str]) -> dict:
+    """One results dict from the results of the K folds of a cross-validation (run_experiments.sh --folds K):
+    every episode was held out by exactly one fold, so the folds' per-episode metrics together cover every episode
+    once; the i-th seed run of every fold becomes exp_names[i]. Intervals and paired differences are recomputed over
+    the pooled episodes (and seed runs); a config's scalar metrics are the folds' means weighted by their frames.
+    Only configs every fold evaluated are pooled."""
+    everywhere = [name for name in folds[0]["configs"] if all(name in fold["configs"] for fold in folds)]
+    left_out = sorted({name for fold in folds for name in fold["configs"]} - set(everywhere))
+    if left_out:
+        print(f"pool: {', '.join(left_out)} not evaluated in every fold, left out", flush=True)
+    if not everywhere:
+        raise EvaluationError("no config was evaluated in every fold")
+    frames = [fold["heldout_frames"] for fold in folds]
+    labels = [str(label) for fold in folds for label in fold.get("heldout_labels") or fold["heldout_episodes"]]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise EvaluationError(f"episode(s) {', '.join(twice)} held out by more than one fold: {', '.join(sources)}")
+    results = {
+        "folds": len(folds),
+        "fold_results": sources,
+        "train_episodes": [],
+        "heldout_episodes": [n for fold in folds for n in fold["heldout_episodes"]],
+        "heldout_labels": labels,
+        "episode_tasks": {k: v for fold in folds for k, v in fold.get("episode_tasks", {}).items()},
+        "heldout_frames": sum(frames),
+        "num_steps": folds[0]["num_steps"],
+        "eval_samples": folds[0]["eval_samples"],
+        "exp_names": exp_names,
+        "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+        "configs": {},
+        "progress_curves": {},
+    }
+    per_episode = {}
+    for name in everywhere:
+        entries = [fold["configs"][name] for fold in folds]
+        if any(len(entry["seed_runs"]) != len(exp_names) for entry in entries):
+            counts = ", ".join(str(len(entry["seed_runs"])) for entry in entries)
+            raise EvaluationError(f"{name}: the folds hold {counts} seed run(s), --exp-name names {len(exp_names)}")
+        runs = {
+            exp: {e: m for entry in entries for e, m in entry["per_episode"][entry["seed_runs"][i]].items()}
+            for i, exp in enumerate(exp_names)
+        }
+        pooled = {
+            key: float(np.average([entry[key] for entry in entries], weights=frames))
+            for key, _ in TABLE_COLUMNS
+            if all(isinstance(entry.get(key), float) for entry in entries)
+        }
+        steps = {entry.get("checkpoint_step") for entry in entries}
+        pooled["checkpoint_step"] = steps.pop() if len(steps) == 1 else None
+        results["configs"][name] = {
+            **{key: None for key, _ in TABLE_COLUMNS},
+            **pooled,
+            "eval_frames": sum(frames),
+            "seed_runs": exp_names,
+            "per_episode": runs,
+            "history": [],
+            "fold_checkpoints": [entry["checkpoint"] for entry in entries],
+        }
+        per_episode[name] = runs
+        curves = [curve for fold in folds for curve in fold.get("progress_curves", {}).get(name, [])]
+        if curves:
+            results["progress_curves"][name] = curves
+    add_intervals(results, per_episode, results["episode_tasks"])
     return results
 
 
@@ -741,6 +885,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=pathlib.Path, required=True, metavar="DIR", help="where the results go")
     parser.add_argument("--plots-only", action="store_true", help="draw the plots from DIR/results.json and stop")
+    parser.add_argument(
+        "--pool-folds",
+        type=lambda text: [pathlib.Path(part) for part in text.split(",")],
+        metavar="DIR,DIR,...",
+        help="pool the results.json of each fold's --out (run_experiments.sh --folds K) into one, with --exp-name",
+    )
     parser.add_argument("--configs", type=lambda text: text.split(","), metavar="A,B", help="configs to evaluate")
     parser.add_argument(
         "--exp-name",
@@ -769,8 +919,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-plots", action="store_true", help="write results.json and results.md only")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    if not args.plots_only and (args.configs is None or args.exp_name is None or args.split is None):
-        parser.error("--configs, --exp-name and --split are needed (or --plots-only)")
+    if args.pool_folds is not None and (args.exp_name is None or len(args.pool_folds) < 2):
+        parser.error("--pool-folds needs two or more folders and --exp-name")
+    if not (args.plots_only or args.pool_folds) and None in (args.configs, args.exp_name, args.split):
+        parser.error("--configs, --exp-name and --split are needed (or --plots-only, or --pool-folds)")
     if args.configs is not None:
         known = experiment_configs.KNOWN_CONFIGS
         unknown = [name for name in args.configs if name not in known]
@@ -796,11 +948,15 @@ def run(args: argparse.Namespace, site: pathlib.Path) -> int:
         for path in draw_plots(read_results(out), out):
             print(f"plot: {path}")
         return 0
-    if args.demo:
-        cpu_variants.use_patched_openpi(site)
-        print(train_demo.use_some_tokenizer(args.openpi_out.resolve()), flush=True)
     started = time.monotonic()
-    results = evaluate(args)
+    if args.pool_folds:
+        results = pool_folds([read_results(d.resolve()) for d in args.pool_folds], args.exp_name,
+                             [str(d.resolve()) for d in args.pool_folds])  # fmt: skip
+    else:
+        if args.demo:
+            cpu_variants.use_patched_openpi(site)
+            print(train_demo.use_some_tokenizer(args.openpi_out.resolve()), flush=True)
+        results = evaluate(args)
     atomic_files.write_json(out / RESULTS_JSON, results)
     atomic_files.write_text(out / RESULTS_MD, render_table(results))
     print(f"evaluation: {len(results['configs'])} config(s) in {time.monotonic() - started:.1f} s -> {out}")

@@ -310,3 +310,113 @@ def test_one_checkpoint_per_config_draws_no_step_plot(tmp_path: pathlib.Path) ->
 
     assert evaluate.draw_plots(results, tmp_path) == []
     assert list(tmp_path.iterdir()) == []
+
+
+ARM, BASE = "pi05_robotwin_progress_lasttoken_time", "pi05_robotwin_baseline"
+
+
+def two_task_split(tmp_path: pathlib.Path) -> evaluate.Split:
+    """Two tasks holding out the same episode numbers, 4 and 5, as two roots' numbers repeat."""
+    tasks = [
+        {"task": "a", "root": "data/a/demo_clean", "train": [0, 1, 2, 3], "heldout": [4, 5]},
+        {"task": "b", "root": "data/b/demo_clean", "train": [0, 1, 2, 3], "heldout": [4, 5]},
+    ]
+    record = {"root": ["data/a/demo_clean", "data/b/demo_clean"], "repo_id": "a/b", "heldout_repo_id": "a/b_heldout",
+              "train_episodes": [0, 1, 2, 3] * 2, "heldout_episodes": [4, 5, 4, 5], "tasks": tasks}  # fmt: skip
+    (tmp_path / "split.json").write_text(json.dumps(record))
+    return evaluate.read_split(tmp_path / "split.json")
+
+
+def test_several_tasks_keep_episodes_of_the_same_number_apart(tmp_path: pathlib.Path) -> None:
+    split = two_task_split(tmp_path)
+    assert split.heldout_labels == ["a:4", "a:5", "b:4", "b:5"]
+    assert split.tasks == {"a:4": "a", "a:5": "a", "b:4": "b", "b:5": "b"}
+    # frames of episode 4 of both tasks: each task's own error, not their mixture
+    recorded = np.zeros((4, HORIZON, 14), np.float32)
+    predicted = recorded + np.array([1.0, 1.0, 3.0, 3.0], np.float32)[:, None, None]
+    outputs = evaluate.FrameOutputs(
+        episode=np.array(["a:4", "a:4", "b:4", "b:4"]),
+        frame=np.array([0, 1, 0, 1]),
+        recorded=recorded,
+        is_pad=np.zeros((4, HORIZON), bool),
+        predicted=predicted,
+    )
+    assert evaluate.episode_metrics(outputs) == {"a:4": {"action_mse": 1.0}, "b:4": {"action_mse": 9.0}}
+
+
+def test_several_tasks_get_each_task_its_own_means_intervals_and_differences(tmp_path: pathlib.Path) -> None:
+    split = two_task_split(tmp_path)
+    arm = {"a:4": 1.0, "a:5": 3.0, "b:4": 10.0, "b:5": 20.0}
+    base = {"a:4": 2.0, "a:5": 5.0, "b:4": 10.0, "b:5": 10.0}
+    per_episode = {
+        name: {"run": {e: {"action_mse": v} for e, v in values.items()}} for name, values in ((ARM, arm), (BASE, base))
+    }
+    results = results_of({ARM: entry(9, 8.5, 0.2, 8.0), BASE: entry(9, 6.75, None, None)})
+    results["heldout_labels"] = split.heldout_labels
+
+    evaluate.add_intervals(results, per_episode, split.tasks)
+
+    a, b = (results["configs"][ARM]["per_task"][task] for task in ("a", "b"))
+    assert (a["episodes"], a["action_mse"], b["action_mse"]) == (2, 2.0, 15.0)
+    # two episodes: the 2.5 % and 97.5 % points of the resampled means are the smaller and the larger value
+    assert a["intervals"]["action_mse"] == [1.0, 3.0]
+    assert b["intervals"]["action_mse"] == [10.0, 20.0]
+    # differences per episode: a -1, -2; b 0, 10
+    assert a["versus_baseline"]["action_mse"] == {"difference": -1.5, "interval": [-2.0, -1.0]}
+    assert b["versus_baseline"]["action_mse"] == {"difference": 5.0, "interval": [0.0, 10.0]}
+    table = evaluate.render_table(results)
+    assert f"| {ARM} | a | 2 | 2 [1, 3] | n/a | n/a | **-1.5 [-2, -1]** |" in table
+    assert f"| {ARM} | b | 2 | 15 [10, 20] | n/a | n/a | 5 [0, 10] |" in table
+    assert "frames of episodes a:4, a:5, b:4, b:5" in table
+
+
+def fold_results(labels: list[int], arm: list[float], base: list[float], frames: int) -> dict:
+    """What evaluate.py writes for one fold: per config its scalar metrics and per-episode action errors."""
+
+    def config(values: list[float], exp: str) -> dict:
+        return {**entry(9, float(np.mean(values)), None, None), "checkpoint": f"ckpt/{exp}", "seed_runs": [exp],
+                "per_episode": {exp: {str(e): {"action_mse": v} for e, v in zip(labels, values)}}}  # fmt: skip
+
+    exp = f"name-fold{labels[0] % 2}"
+    return {"train_episodes": [], "heldout_episodes": labels, "heldout_labels": [str(e) for e in labels],
+            "episode_tasks": {}, "heldout_frames": frames, "num_steps": 10, "eval_samples": 1, "progress_curves": {},
+            "configs": {ARM: config(arm, exp), BASE: config(base, exp)}}  # fmt: skip
+
+
+def test_pooled_folds_cover_every_episode_once_with_intervals_over_all_of_them(tmp_path: pathlib.Path) -> None:
+    folds = [fold_results([0, 2], [1.0, 2.0], [2.0, 2.0], 30), fold_results([1, 3], [3.0, 5.0], [4.0, 5.0], 10)]
+    dirs = []
+    for number, fold in enumerate(folds):
+        (tmp_path / f"fold{number}").mkdir()
+        (tmp_path / f"fold{number}" / "results.json").write_text(json.dumps(fold))
+        dirs.append(str(tmp_path / f"fold{number}"))
+
+    code = evaluate.main(["--pool-folds", ",".join(dirs), "--exp-name", "name", "--out", str(tmp_path / "pooled")])
+
+    assert code == 0
+    pooled = json.loads((tmp_path / "pooled" / "results.json").read_text())
+    assert pooled["folds"] == 2 and pooled["heldout_frames"] == 40
+    assert sorted(pooled["heldout_labels"]) == ["0", "1", "2", "3"]
+    arm = pooled["configs"][ARM]
+    assert arm["per_episode"] == {"name": {"0": {"action_mse": 1.0}, "2": {"action_mse": 2.0},
+                                           "1": {"action_mse": 3.0}, "3": {"action_mse": 5.0}}}  # fmt: skip
+    # the folds' means (1.5 over 30 frames, 4.0 over 10) weighted by their frames
+    assert arm["action_mse"] == pytest.approx((1.5 * 30 + 4.0 * 10) / 40)
+    assert arm["fold_checkpoints"] == ["ckpt/name-fold0", "ckpt/name-fold1"]
+    # differences -1, 0, -1, 0 over the four episodes: every resample's mean lies in [-1, 0]
+    difference = arm["versus_baseline"]["action_mse"]
+    assert difference["difference"] == pytest.approx(-0.5)
+    assert -1.0 <= difference["interval"][0] < -0.5 < difference["interval"][1] <= 0.0
+    assert "Cross-validated over 2 folds: 40 frames of 4 episodes" in (tmp_path / "pooled" / "results.md").read_text()
+
+
+def test_pooling_refuses_folds_that_hold_out_an_episode_twice(tmp_path: pathlib.Path, capsys) -> None:
+    for number, labels in enumerate(([0, 2], [2, 4])):
+        (tmp_path / f"fold{number}").mkdir()
+        results = fold_results(labels, [1.0, 2.0], [1.0, 2.0], 10)
+        (tmp_path / f"fold{number}" / "results.json").write_text(json.dumps(results))
+    dirs = f"{tmp_path / 'fold0'},{tmp_path / 'fold1'}"
+
+    assert evaluate.main(["--pool-folds", dirs, "--exp-name", "name", "--out", str(tmp_path / "pooled")]) == 1
+    assert "episode(s) 2 held out by more than one fold" in capsys.readouterr().err
+    assert not (tmp_path / "pooled").exists()

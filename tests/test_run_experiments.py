@@ -1467,6 +1467,121 @@ def test_seeds_usage_errors(lab: dict, flags: tuple) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+# Writes what evaluate.py would for one fold: per config and experiment name, an action error per held-out episode
+# of the split it is given (the episode's number; the baseline's 0.5 more), so the pooled numbers are known.
+FOLD_EVAL = """
+import json, pathlib, sys
+args = sys.argv[1:]
+get = lambda flag: args[args.index(flag) + 1]
+split = json.loads(pathlib.Path(get("--split")).read_text())
+names, out = get("--exp-name").split(","), pathlib.Path(get("--out"))
+configs = {
+    config: {"checkpoint_step": 1, "action_mse": 1.0, "checkpoint": f"{config}/{names[0]}", "seed_runs": names,
+             "history": [],
+             "per_episode": {name: {str(e): {"action_mse": e + 0.5 * config.endswith("baseline")}
+                                    for e in split["heldout_episodes"]} for name in names}}
+    for config in get("--configs").split(",")
+}
+out.mkdir(parents=True, exist_ok=True)
+results = {"heldout_episodes": split["heldout_episodes"], "heldout_frames": 10, "num_steps": 10, "eval_samples": 1,
+           "train_episodes": split["train_episodes"], "configs": configs, "progress_curves": {}}
+(out / "results.json").write_text(json.dumps(results))
+(out / "results.md").write_text("| fold table |\\n")
+"""
+
+
+def fold_lab(lab: dict, folds: int) -> dict:
+    """The lab with each fold's two datasets in place (as converted: kept) and the fold evaluation stand-in."""
+    home = pathlib.Path(lab["env"]["HF_LEROBOT_HOME"])
+    for fold in range(folds):
+        held = len(range(fold, LAB_EPISODES, folds))
+        write_dataset_info(home, repo_id=f"{REPO_ID}_fold{fold}", episodes=LAB_EPISODES - held)
+        write_dataset_info(home, repo_id=f"{REPO_ID}_fold{fold}_heldout", episodes=held)
+    lab["env"]["EVAL_CMD"] = f"{sys.executable} {write_executable(lab['tmp'] / 'fold_eval.py', FOLD_EVAL)}"
+    return lab
+
+
+def test_folds_train_and_evaluate_each_fold_on_its_own_datasets_then_pool_every_episode(lab: dict) -> None:
+    fold_lab(lab, 3)
+    configs = [PROGRESS_CONFIGS[0], BASELINE]
+    result = run_launcher(lab, "--configs", ",".join(configs), "--folds", "3")
+
+    assert result.returncode == 0, result.stderr
+    held = []
+    for fold in range(3):
+        split = json.loads((lab["logs"] / f"fold{fold}" / "split.json").read_text())
+        # every third episode, from the fold's number on, held out; the rest trained on
+        assert split["heldout_episodes"] == list(range(fold, LAB_EPISODES, 3))
+        assert sorted(split["train_episodes"] + split["heldout_episodes"]) == list(range(LAB_EPISODES))
+        assert (split["repo_id"], split["folds"], split["fold"]) == (f"{REPO_ID}_fold{fold}", 3, fold)
+        held += split["heldout_episodes"]
+        for config in configs:
+            assert (lab["logs"] / f"fold{fold}" / f"{config}.done").exists()
+            # the training read the fold's dataset: its checkpoint's assets are named by that id
+            step = lab["openpi"] / "checkpoints" / config / f"place_dual_shoes-fold{fold}" / "1"
+            assert (step / "assets" / f"{REPO_ID}_fold{fold}" / "norm_stats.json").exists()
+    assert sorted(held) == list(range(LAB_EPISODES))
+    assert trained(lab) == configs * 3
+    pooled = json.loads((lab["logs"] / "evaluation" / "results.json").read_text())
+    assert sorted(pooled["heldout_labels"]) == [str(e) for e in range(LAB_EPISODES)]
+    arm = pooled["configs"][PROGRESS_CONFIGS[0]]
+    assert arm["per_episode"]["place_dual_shoes"] == {str(e): {"action_mse": float(e)} for e in range(LAB_EPISODES)}
+    assert arm["versus_baseline"]["action_mse"] == {"difference": -0.5, "interval": [-0.5, -0.5]}
+    assert result.stdout.rstrip().endswith("(and seeds); bold: better than the baseline with the paired difference's "
+                                           "95% interval excluding 0.")  # fmt: skip
+
+    again = run_launcher(lab, "--configs", ",".join(configs), "--folds", "3")
+    assert again.returncode == 0, again.stderr
+    assert trained(lab) == configs * 3
+    assert again.stdout.count("finished in an earlier run, skipped") == 6
+
+
+def test_folds_dry_run_prints_each_folds_commands_with_its_dataset_and_the_pooling(lab: dict) -> None:
+    result = run_launcher(lab, "--configs", BASELINE, "--folds", "3", "--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    trains = [line for line in lines if "train.sh" in line and "--exp-name=" in line]
+    assert len(trains) == 3
+    for fold, line in enumerate(trains):
+        words = shlex.split(line)
+        assert f"OPENPI_ROBOTWIN_REPO_ID={REPO_ID}_fold{fold}" in words
+        assert f"--exp-name=place_dual_shoes-fold{fold}" in words
+    pool = shlex.split(lines[-1])
+    assert pool[2:4] == [str(REPO_ROOT / "openpi_patch" / "evaluate.py"), "--pool-folds"]
+    assert pool[4].split(",") == [str(lab["logs"] / "evaluation" / f"fold{fold}") for fold in range(3)]
+    assert pool[5:] == ["--exp-name", "place_dual_shoes", "--out", str(lab["logs"] / "evaluation")]
+
+
+def test_folds_with_slurm_submit_every_folds_jobs_then_the_pooling_after_their_evaluations(cluster: dict) -> None:
+    cluster["args"].remove("--no-eval")
+    result = run_launcher(cluster, "--slurm", "--configs", BASELINE, "--folds", "2")
+
+    assert result.returncode == 0, result.stderr
+    evaluations = []
+    for fold in range(2):
+        jobs = json.loads((cluster["logs"] / f"fold{fold}" / "slurm" / "jobs.json").read_text())
+        assert [job["name"] for job in jobs] == ["prepare", BASELINE, "evaluation"]
+        evaluations.append(jobs[-1]["id"])
+        words = job_command(cluster["logs"] / f"fold{fold}" / "slurm" / "evaluation.sbatch")
+        assert words[words.index("--fold") + 1] == str(fold)
+    (pool,) = json.loads((cluster["logs"] / "slurm" / "jobs.json").read_text())
+    assert (pool["name"], pool["dependency"]) == ("pool", ":".join(evaluations))
+    assert job_command(cluster["logs"] / "slurm" / "pool.sbatch")[-4:] == ["--folds", "2", "--stage", "pool"]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [("--folds", "1"), ("--folds", "2", "--heldout", "1"), ("--fold", "0"), ("--folds", "2", "--fold", "2"),
+     ("--folds", "2", "--sim-eval", "/opt/RoboTwin"), ("--stage", "pool")],
+)  # fmt: skip
+def test_folds_usage_errors(lab: dict, flags: tuple) -> None:
+    result = run_launcher(lab, "--dry-run", *flags)
+
+    assert result.returncode == 2, result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def sim_jobs_on_the_cluster(cluster: dict, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     """--slurm --sim-eval for one arm and the baseline, two seeds each; the result and the four runs' names."""
     configs = [PROGRESS_CONFIGS[0], BASELINE]
