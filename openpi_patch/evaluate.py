@@ -369,7 +369,7 @@ def render_table(results: dict) -> str:
     if not any(entry.get("intervals") for entry in configs.values()):
         lines.append(
             "No intervals: one held-out episode and one seed give nothing to resample, so no difference above is"
-            " evidence (more --heldout episodes or --seeds give intervals)."
+            " evidence (more --heldout episodes, --folds or --seeds give intervals)."
         )
     return "\n".join(lines) + "\n"
 
