@@ -315,6 +315,8 @@ class Settings:
     heldout_dataset: str
     slurm_dir: str
     env: dict[str, str]
+    # --folds K: the trainings of the folds after this one, whose checkpoints will join this fold's on the disk
+    later_trainings: int = 0
 
     @property
     def runs(self) -> tuple[Run, ...]:
@@ -896,11 +898,11 @@ def expand_roots(s: Settings) -> list[str]:
         raise Failure(str(error)) from None
 
 
-def preflight_checkpoint_disk(s: Settings, runs: int | None = None) -> None:
-    """Free disk for the checkpoints of every training this run starts (or of `runs` trainings: every fold's),
-    before the first one starts: a full disk found at the first save (about 20 minutes in on 8 GPUs) loses that
-    training and the ones queued after it."""
-    runs = sum(not s.is_finished(run) for run in s.runs) if runs is None else runs
+def preflight_checkpoint_disk(s: Settings) -> None:
+    """Free disk for the checkpoints of every training this run starts (and the later folds'), before the first one
+    starts: a full disk found at the first save (about 20 minutes in on 8 GPUs) loses that training and the ones
+    queued after it."""
+    runs = sum(not s.is_finished(run) for run in s.runs) + s.later_trainings
     per_run_gib = (TRAIN_STEPS // KEEP_PERIOD + 1) * CHECKPOINT_GIB
     need_kb = runs * per_run_gib * 1024 * 1024
     checkpoints = f"{s.workdir}/checkpoints"
@@ -1814,12 +1816,11 @@ def run_folds(s: Settings, argv: list[str], environ: dict[str, str]) -> int:
     evaluation), then the folds' evaluations pooled; a failed fold stops the folds after it (unless --keep-going)
     and the pooling. The exit status."""
     folds = fold_settings(s, argv, environ)
+    # every fold's checkpoints stay: each fold's preflight asks for room for the later folds' too
+    unfinished = [sum(not f.is_finished(run) for run in f.runs) for f in folds]
+    folds = [dataclasses.replace(f, later_trainings=sum(unfinished[f.fold + 1 :])) for f in folds]
     status = 0
     if s.stage != "pool":
-        trains = not (s.demo or s.eval_only or s.dry_run or s.stage == "prepare")
-        if trains:
-            # every fold's checkpoints stay: the disk must hold them all, not only the first fold's
-            preflight_checkpoint_disk(s, sum(not f.is_finished(run) for f in folds for run in f.runs))
         for f in folds:
             say(f"fold {f.fold} of {s.folds}: {f.repo_id}, experiment {f.exp_name}, logs {f.log_dir}")
             fold_status = run_experiments(f)
