@@ -84,6 +84,10 @@ Usage: bash run_experiments.sh [--root DIR]... [--max-episodes-per-task N] [--re
   --stage STAGE     run one part only, as the SLURM jobs do: prepare (everything before training, no GPU), train,
                     evaluate (the evaluation, no deploy), sim-eval (deploy and simulator run of the configs' runs),
                     sim-collect (the simulator table), pool (with --folds: the folds' evaluations pooled)
+  --sim-task TASK/TASK_CONFIG  with --sim-eval: deploy and evaluate that task of the roots only (a simulator job's
+                    one; default: every task). With several tasks each run is deployed and evaluated once per task,
+                    into LOG_DIR/deploy/TASK/TASK_CONFIG/CONFIG/NAME and LOG_DIR/sim_eval/TASK/TASK_CONFIG, logged to
+                    LOG_DIR/sim_eval_RUN.TASK.TASK_CONFIG.log (--slurm: one job each); one task keeps the paths above
 
 Environment:
   OPENPI_DIR        openpi checkout with the patch applied (required without --demo)
@@ -295,6 +299,7 @@ class Settings:
     eval_frames: str
     sim_eval: str
     sim_trials: int
+    sim_task: str
     seeds: int
     seed: int | None
     folds: int | None
@@ -380,6 +385,7 @@ FLAGS: dict[str, tuple[str, str | None, bool]] = {
     "--slurm": ("slurm", None, False),
     "--status": ("status", None, False),
     "--cancel": ("cancel", None, False),
+    "--sim-task": ("sim_task", "--sim-task needs TASK/TASK_CONFIG", False),
 }
 
 
@@ -468,6 +474,8 @@ def settings_from(argv: list[str], environ: dict[str, str]) -> Settings:
     sim_eval, demo, slurm, stage = get("sim_eval", ""), "demo" in flags, "slurm" in flags, get("stage", "")
     if not sim_eval and sim_trials != DEFAULT_SIM_TRIALS:
         raise UsageError("--sim-trials goes with --sim-eval")
+    if get("sim_task") and (not sim_eval or slurm):
+        raise UsageError("--sim-task goes with --sim-eval, and not with --slurm, which submits a job per task")
     if demo and sim_eval:
         raise UsageError(
             "--sim-eval evaluates in RoboTwin's simulator, which cannot load the demo's small CPU checkpoints"
@@ -592,6 +600,7 @@ def settings_from(argv: list[str], environ: dict[str, str]) -> Settings:
         eval_frames=eval_frames,
         sim_eval=sim_eval,
         sim_trials=sim_trials,
+        sim_task=get("sim_task", ""),
         seeds=seeds,
         seed=seed,
         folds=folds,
@@ -1333,32 +1342,78 @@ def sim_task(root: str) -> tuple[str, str]:
     return path.parent.name, task_config
 
 
+@dataclasses.dataclass(frozen=True)
+class SimTask:
+    """One RoboTwin task (and task_config) the trained runs are deployed and evaluated on. RoboTwin's eval_policy.py
+    evaluates one task per call, so a launch of several tasks gives each its own folders, logs and SLURM jobs; a
+    launch of one keeps the paths it had before several were possible."""
+
+    task: str
+    task_config: str
+    several: bool  # whether the launch evaluates more than this one task
+
+    @property
+    def label(self) -> str:
+        """TASK/TASK_CONFIG, as --sim-task takes it and the folders of several tasks are named."""
+        return f"{self.task}/{self.task_config}"
+
+    @property
+    def folder(self) -> str:
+        """The part of LOG_DIR/deploy... and LOG_DIR/sim_eval... that tells the tasks apart."""
+        return f"/{self.label}" if self.several else ""
+
+    @property
+    def on(self) -> str:
+        """The words that name the task in a message."""
+        return f" on {self.task} ({self.task_config})" if self.several else ""
+
+    def job_name(self, run: Run) -> str:
+        """The run's simulator log LOG_DIR/<name>.log on this task, and its SLURM job's name."""
+        return f"sim_eval_{run.name}" + (f".{self.task}.{self.task_config}" if self.several else "")
+
+
+def sim_tasks(s: Settings) -> list[SimTask]:
+    """RoboTwin's task of every root, each once in the roots' order (a legacy and an XPolicyLab folder of one task
+    name the same), or the one --sim-task names."""
+    found = list(dict.fromkeys(sim_task(root) for root in expand_roots(s)))
+    tasks = [SimTask(task, task_config, len(found) > 1) for task, task_config in found]
+    if not s.sim_task:
+        return tasks
+    chosen = [task for task in tasks if task.label == s.sim_task]
+    if not chosen:
+        raise Failure(f"--sim-task {s.sim_task}: not a task of the roots ({', '.join(t.label for t in tasks)})")
+    return chosen
+
+
 def deploy_runs(s: Settings, runs: list[Run]) -> bool:
-    """Writes the deploy files of every trained run into LOG_DIR/deploy (openpi_patch/sim_eval.py deploy); a failed
-    deploy is reported and the others go on. A config with no checkpoint folder at all (--eval-only of one never
-    trained) is named and left out, as its evaluation reports it. Whether every deploy went well."""
-    task, task_config = sim_task(expand_roots(s)[0])  # several roots: the first one's task, for now
+    """Writes the deploy files of every trained run, once per task, into LOG_DIR/deploy (one task) or
+    LOG_DIR/deploy/TASK/TASK_CONFIG (several) with openpi_patch/sim_eval.py deploy; a failed deploy is reported and
+    the others go on. A config with no checkpoint folder at all (--eval-only of one never trained) is named and left
+    out, as its evaluation reports it. Whether every deploy went well."""
+    tasks = sim_tasks(s)
     ok = True
     for run in runs:
         checkpoints = f"{s.openpi_dir}/checkpoints/{run.config}/{run.exp_name}"
-        deploy = [s.python, f"{SCRIPT_DIR}/openpi_patch/sim_eval.py", "deploy", "--checkpoint-base-dir",
-                  f"{s.openpi_dir}/checkpoints", "--config", run.config, "--exp-name", run.exp_name, "--task", task,
-                  "--task-config", task_config, "--out", f"{s.log_dir}/deploy", "--overwrite"]  # fmt: skip
-        if s.dry_run:
-            show_cmd(deploy)
-            continue
-        if not os.path.isdir(checkpoints):
+        if not s.dry_run and not os.path.isdir(checkpoints):
             say(f"deploy: {run.config} has no checkpoint in {checkpoints}, not deployed")
             continue
-        result = subprocess.run(
-            deploy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False, env=s.env
-        )
-        if result.returncode == 0:
-            say(f"deploy: {run.config} -> {s.log_dir}/deploy/{run.config}/{run.exp_name}")
-        else:
-            last = result.stderr.rstrip("\n").rsplit("\n", 1)[-1]
-            err(f"deploying {run.config} failed: {last}")
-            ok = False
+        for task in tasks:
+            out = f"{s.log_dir}/deploy{task.folder}"
+            deploy = [s.python, f"{SCRIPT_DIR}/openpi_patch/sim_eval.py", "deploy", "--checkpoint-base-dir",
+                      f"{s.openpi_dir}/checkpoints", "--config", run.config, "--exp-name", run.exp_name, "--task",
+                      task.task, "--task-config", task.task_config, "--out", out, "--overwrite"]  # fmt: skip
+            if s.dry_run:
+                show_cmd(deploy)
+                continue
+            result = subprocess.run(
+                deploy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False, env=s.env
+            )
+            if result.returncode == 0:
+                say(f"deploy: {run.config} -> {out}/{run.config}/{run.exp_name}")
+            else:
+                last = result.stderr.rstrip("\n").rsplit("\n", 1)[-1]
+                err(f"deploying {run.config}{task.on} failed: {last}")
+                ok = False
     return ok
 
 
@@ -1378,29 +1433,34 @@ def trained_since_sim_run(run: Run, run_json: pathlib.Path) -> bool:
 
 
 def sim_run_runs(s: Settings, runner: Runner, runs: list[Run]) -> bool:
-    """sim_eval.py run for every deployed run, each with its default --eval-seed so that every arm meets the same
-    environment seeds. Whether every evaluation went well."""
-    deploy_dir, sim_dir = absolute(f"{s.log_dir}/deploy"), absolute(f"{s.log_dir}/sim_eval")
+    """sim_eval.py run for every deployed run on every task (into LOG_DIR/sim_eval, or LOG_DIR/sim_eval/TASK/
+    TASK_CONFIG with several tasks), each with its default --eval-seed so that every arm meets the same environment
+    seeds of a task. Whether every evaluation went well."""
     ok = True
+    tasks = sim_tasks(s)
     for run in runs:
-        deployed = f"{deploy_dir}/{run.config}/{run.exp_name}"
-        if not s.dry_run and not os.path.isfile(f"{deployed}/deploy.json"):
-            continue
-        command = [s.python, f"{SCRIPT_DIR}/openpi_patch/sim_eval.py", "run", "--robotwin-dir", absolute(s.sim_eval),
-                   "--deploy", deployed, "--out", sim_dir, "--trials", str(s.sim_trials)]  # fmt: skip
-        if s.env.get("SIM_PYTHON"):
-            command += ["--python", s.env["SIM_PYTHON"]]
-        if s.dry_run:
-            show_cmd(command)
-            continue
-        if trained_since_sim_run(run, pathlib.Path(sim_dir, run.config, run.exp_name, "run.json")):
-            command.append("--overwrite")
-        log = pathlib.Path(s.log_dir, f"sim_eval_{run.name}.log")
-        say()
-        say(f"sim-eval: {run.config} in {s.sim_eval}, {s.sim_trials} trials (log: {log})")
-        if runner.run(log, str(SCRIPT_DIR), command) != 0:
-            err(f"the simulator evaluation of {run.name} failed: see {log}")
-            ok = False
+        for task in tasks:
+            deploy_dir = absolute(f"{s.log_dir}/deploy{task.folder}")
+            sim_dir = absolute(f"{s.log_dir}/sim_eval{task.folder}")
+            deployed = f"{deploy_dir}/{run.config}/{run.exp_name}"
+            if not s.dry_run and not os.path.isfile(f"{deployed}/deploy.json"):
+                continue
+            command = [s.python, f"{SCRIPT_DIR}/openpi_patch/sim_eval.py", "run", "--robotwin-dir",
+                       absolute(s.sim_eval), "--deploy", deployed, "--out", sim_dir, "--trials",
+                       str(s.sim_trials)]  # fmt: skip
+            if s.env.get("SIM_PYTHON"):
+                command += ["--python", s.env["SIM_PYTHON"]]
+            if s.dry_run:
+                show_cmd(command)
+                continue
+            if trained_since_sim_run(run, pathlib.Path(sim_dir, run.config, run.exp_name, "run.json")):
+                command.append("--overwrite")
+            log = pathlib.Path(s.log_dir, f"{task.job_name(run)}.log")
+            say()
+            say(f"sim-eval: {run.config}{task.on} in {s.sim_eval}, {s.sim_trials} trials (log: {log})")
+            if runner.run(log, str(SCRIPT_DIR), command) != 0:
+                err(f"the simulator evaluation of {run.name}{task.on} failed: see {log}")
+                ok = False
     return ok
 
 
@@ -1599,16 +1659,19 @@ def run_args(run: Run) -> list[str]:
 
 
 def submit_sim_jobs(s: Settings, args: list[str], after: dict[Run, str]) -> list[tuple[str, str, str]]:
-    """One simulator job per run (its deploy and sim_eval.py run, all with the same environment seeds) after the job
-    that trains it (after the preparation for a run that finished before), then the collect job after all of them;
-    their rows for the jobs table."""
+    """One simulator job per run and task (its deploy and sim_eval.py run, all with the same environment seeds; with
+    several tasks --sim-task picks the job's) after the job that trains the run (after the preparation for a run that
+    finished before), then the collect job after all of them; their rows for the jobs table."""
     sim = ["--sim-eval", s.sim_eval, "--sim-trials", str(s.sim_trials)]
     rows, sim_ids = [], []
+    tasks = sim_tasks(s)
     for run, dependency in after.items():
-        name = f"sim_eval_{run.name}"
-        job_id = submit_job(s, name, "sim", dependency, [*args, *sim, *run_args(run), "--stage", "sim-eval"])
-        sim_ids.append(job_id)
-        rows.append((name, job_id, f"afterok:{dependency}"))
+        for task in tasks:
+            name = task.job_name(run)
+            selected = [*run_args(run), "--stage", "sim-eval", *(["--sim-task", task.label] if task.several else [])]
+            job_id = submit_job(s, name, "sim", dependency, [*args, *sim, *selected])
+            sim_ids.append(job_id)
+            rows.append((name, job_id, f"afterok:{dependency}"))
     everything = ":".join(sim_ids)
     job_id = submit_job(
         s,

@@ -36,11 +36,13 @@ trials; another --trials runs the same script through a loader that passes that 
 live) and, when RoboTwin wrote its result file, run.json (the result file's path, the success count, each
 episode's environment seed and outcome, read from the per-episode lines RoboTwin prints, since it records no
 per-episode outcome in a file). A run with a run.json is skipped unless --overwrite.
-collect: reads every SIM_DIR/CONFIG/NAME/run.json and RoboTwin's result file it names into EVAL_DIR/sim_results.json
-and EVAL_DIR/sim_results.md: per config and per run the success rate with its Wilson 95% interval, and against the
-baseline's run of the same NAME the episodes paired by environment seed: the two discordant counts, the difference
-in success rate with its 95% interval given the discordant pairs (it excludes 0 exactly when the test rejects) and
-the exact McNemar p-value (pooled over the NAMEs for the config's row).
+collect: reads every SIM_DIR/CONFIG/NAME/run.json (one task) and SIM_DIR/TASK/TASK_CONFIG/CONFIG/NAME/run.json
+(several, as the launcher lays them out) and RoboTwin's result file each names into EVAL_DIR/sim_results.json and
+EVAL_DIR/sim_results.md: per task, config and run the success rate with its Wilson 95% interval, and against the
+baseline's run of the same NAME on the same task the episodes paired by environment seed: the two discordant counts,
+the difference in success rate with its 95% interval given the discordant pairs (it excludes 0 exactly when the test
+rejects) and the exact McNemar p-value (pooled over the NAMEs for the config's row). With several tasks, also each
+config and run pooled over its tasks: the episodes of every task counted once, each task's pairs summed.
 power: the trials per arm needed to resolve a difference in success rate, unpaired and paired (docs/sim_eval.md).
 
 Errors are one line on stderr and exit status 1; --debug shows the traceback. Details: docs/sim_eval.md.
@@ -703,13 +705,33 @@ def config_order(name: str) -> tuple[int, str]:
     return (known.index(name) if name in known else len(known), name)
 
 
-def collect(sim_dir: pathlib.Path, baseline: str) -> dict:
-    records = [read_run(path) for path in sorted(sim_dir.glob(f"*/*/{RUN_JSON}"))]
-    if not records:
-        raise SimEvalError(f"{sim_dir}: no */*/{RUN_JSON} (sim_eval.py run writes them)")
-    tasks = sorted({f"{record['task']} ({record['task_config']})" for record in records})
-    if len(tasks) > 1:
-        raise SimEvalError(f"{sim_dir}: runs of {len(tasks)} tasks ({', '.join(tasks)}); one SIM_DIR per task")
+def task_label(task: str, task_config: str) -> str:
+    """A task as the launcher's folders and --sim-task name it."""
+    return f"{task}/{task_config}"
+
+
+def read_runs(sim_dir: pathlib.Path) -> list[dict]:
+    """Every run.json of SIM_DIR/CONFIG/NAME (one task) and SIM_DIR/TASK/TASK_CONFIG/CONFIG/NAME (several); a run
+    met twice on one task is refused, as its pairing would be ambiguous."""
+    paths = sorted([*sim_dir.glob(f"*/*/{RUN_JSON}"), *sim_dir.glob(f"*/*/*/*/{RUN_JSON}")])
+    if not paths:
+        raise SimEvalError(f"{sim_dir}: no */*/{RUN_JSON} nor */*/*/*/{RUN_JSON} (sim_eval.py run writes them)")
+    seen: dict[tuple[str, ...], pathlib.Path] = {}
+    records = []
+    for path in paths:
+        record = read_run(path)
+        key = (record["task"], record["task_config"], record["config"], record["exp_name"])
+        if key in seen:
+            raise SimEvalError(
+                f"{path}: {record['config']}/{record['exp_name']} on {task_label(*key[:2])} again (also {seen[key]})"
+            )
+        seen[key] = path
+        records.append(record)
+    return records
+
+
+def collect_task(records: list[dict], baseline: str) -> dict:
+    """One task's runs: per config and run the rate, and the pairs with the baseline's run of the same name."""
     by_config: dict[str, dict[str, dict]] = {}
     for record in records:
         by_config.setdefault(record["config"], {})[record["exp_name"]] = record
@@ -743,6 +765,59 @@ def collect(sim_dir: pathlib.Path, baseline: str) -> dict:
     }
 
 
+def entry_pairing(entry: dict | None) -> Pairing:
+    """The counts of a vs_baseline entry (none: no pair)."""
+    if entry is None:
+        return Pairing(0, 0, 0, 0)
+    return Pairing(*(entry[field.name] for field in dataclasses.fields(Pairing)))
+
+
+def pooled_entry(parts: list[tuple[str, dict]]) -> dict:
+    """(task, entry) parts pooled: their successes and trials summed (Wilson on the sum), their pairs summed."""
+    pairing = sum((entry_pairing(entry.get("vs_baseline")) for _, entry in parts), Pairing(0, 0, 0, 0))
+    return {
+        "tasks": [task for task, _ in parts],
+        **rate_entry(sum(entry["successes"] for _, entry in parts), sum(entry["trials"] for _, entry in parts)),
+        "vs_baseline": pairing_entry(pairing) if pairing.pairs else None,
+    }
+
+
+def pool_tasks(blocks: list[dict]) -> dict:
+    """Per config over the tasks it ran on: every episode counted once, and each task's pairs (matched by seed
+    within the task, whose seeds repeat from task to task) summed; per run the same over its tasks."""
+    pooled = {}
+    names = {config for block in blocks for config in block["configs"]}
+    for config in sorted(names, key=config_order):
+        parts = [
+            (task_label(b["task"], b["task_config"]), b["configs"][config]) for b in blocks if config in b["configs"]
+        ]
+        by_run: dict[str, list[tuple[str, dict]]] = {}
+        for task, entry in parts:
+            for run in entry["runs"]:
+                by_run.setdefault(run["exp_name"], []).append((task, run))
+        runs = [
+            {"exp_name": exp_name, "training_seed": training_seed(exp_name), **pooled_entry(run_parts)}
+            for exp_name, run_parts in sorted(by_run.items())
+        ]
+        pooled[config] = {**pooled_entry(parts), "runs": runs}
+    return pooled
+
+
+def collect(sim_dir: pathlib.Path, baseline: str) -> dict:
+    """One task: its table as ever. Several: each task's table under tasks, and every config pooled over tasks."""
+    by_task: dict[tuple[str, str], list[dict]] = {}
+    for record in read_runs(sim_dir):
+        by_task.setdefault((record["task"], record["task_config"]), []).append(record)
+    blocks = [collect_task(by_task[task], baseline) for task in sorted(by_task)]
+    if len(blocks) == 1:
+        return blocks[0]
+    return {
+        "baseline": baseline if any(block["baseline"] for block in blocks) else None,
+        "tasks": blocks,
+        "pooled": pool_tasks(blocks),
+    }
+
+
 def percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -762,10 +837,10 @@ def comparison_cells(entry: dict | None) -> list[str]:
     ]
 
 
-def table_row(config: str, label: str, entry: dict, comparison: dict | None) -> str:
+def table_row(lead: list[str], label: str, entry: dict, comparison: dict | None) -> str:
     low, high = entry["wilson_95"]
     cells = [
-        config,
+        *lead,
         label,
         f"{entry['successes']}/{entry['trials']}",
         percent(entry["success_rate"]),
@@ -775,22 +850,60 @@ def table_row(config: str, label: str, entry: dict, comparison: dict | None) -> 
     return "| " + " | ".join(cells) + " |"
 
 
+def config_rows(configs: dict, lead: list[str]) -> list[str]:
+    """Per config its row over its runs (when several), then one row per run; lead: the cells before the config."""
+    lines = []
+    for config, entry in configs.items():
+        if len(entry["runs"]) > 1:
+            lines.append(table_row([*lead, config], f"all {len(entry['runs'])}", entry, entry["vs_baseline"]))
+        for run_entry in entry["runs"]:
+            lines.append(table_row([*lead, config], run_entry["exp_name"], run_entry, run_entry.get("vs_baseline")))
+    return lines
+
+
+TABLE_COLUMNS = (
+    "| config | run | successes | rate | Wilson 95% | pairs | arm only | baseline only | difference | 95% | McNemar p |"
+)
+TABLE_ALIGNMENT = "|---|---|---:|---:|---|---:|---:|---:|---:|---|---:|"
+
+
 def render_table(results: dict) -> str:
+    if "tasks" in results:
+        return render_tasks_table(results)
     lines = [
         f"Closed-loop success in RoboTwin: {results['task']} ({results['task_config']}), baseline "
         f"{results['baseline'] or 'not evaluated'}. Pairs: episodes on the same environment seed as the baseline's "
         "run of the same name; arm only / baseline only: the pairs only one of them solved; difference in points "
         "with its 95% interval given the discordant pairs; exact McNemar p (two-sided).",
         "",
-        "| config | run | successes | rate | Wilson 95% | pairs | arm only | baseline only | difference | 95% | "
-        "McNemar p |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---|---:|",
+        TABLE_COLUMNS,
+        TABLE_ALIGNMENT,
+        *config_rows(results["configs"], []),
     ]
-    for config, entry in results["configs"].items():
-        if len(entry["runs"]) > 1:
-            lines.append(table_row(config, f"all {len(entry['runs'])}", entry, entry["vs_baseline"]))
-        for run_entry in entry["runs"]:
-            lines.append(table_row(config, run_entry["exp_name"], run_entry, run_entry.get("vs_baseline")))
+    return "\n".join(lines) + "\n"
+
+
+def render_tasks_table(results: dict) -> str:
+    """Several tasks: each task's rows, then each config pooled over the tasks it ran on."""
+    tasks = results["tasks"]
+    names = [f"{block['task']} ({block['task_config']})" for block in tasks]
+    lines = [
+        f"Closed-loop success in RoboTwin on {len(tasks)} tasks: {', '.join(names)}; baseline "
+        f"{results['baseline'] or 'not evaluated'}. Pairs: episodes on the same task and environment seed as the "
+        "baseline's run of the same name; arm only / baseline only: the pairs only one of them solved; difference in "
+        "points with its 95% interval given the discordant pairs; exact McNemar p (two-sided). Pooled rows (all N "
+        "tasks, or K of N where a config ran on fewer): every episode of those tasks counted once, the Wilson "
+        "interval on the pooled count, the pairs of every task summed.",
+        "",
+        f"| task {TABLE_COLUMNS}",
+        f"|---{TABLE_ALIGNMENT}",
+    ]
+    for name, block in zip(names, tasks):
+        lines += config_rows(block["configs"], [name])
+    for config, entry in results["pooled"].items():
+        covered = len(entry["tasks"])
+        pooled = f"all {covered} tasks" if covered == len(tasks) else f"{covered} of {len(tasks)} tasks"
+        lines += config_rows({config: entry}, [pooled])
     return "\n".join(lines) + "\n"
 
 

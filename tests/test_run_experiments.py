@@ -1745,3 +1745,154 @@ def test_slurm_sim_eval_dry_run_shows_the_simulator_jobs_and_each_stage_runs_its
     assert alone.returncode == 0, alone.stderr
     commands = [line for line in alone.stdout.splitlines() if line.startswith("+ ") and "apply.py" not in line]
     assert len(commands) == 1 and "sim_eval.py collect --sim-dir " in commands[0]
+
+
+# ---------------------------------------------------------------- several tasks in RoboTwin's simulator
+
+# Two roots of three episodes each: one held out of each, four training episodes, two held out.
+SIM_TASKS = {"stack_blocks": 3, "lift_pot": 3}
+# The seeds the stand-in policy solves, per task: the task's own outcomes, so that its rows cannot be another's.
+SIM_SOLVED = {
+    ("stack_blocks", PROGRESS_CONFIGS[0]): [100000, 100001, 100002, 100004],
+    ("stack_blocks", BASELINE): [100001],
+    ("lift_pot", PROGRESS_CONFIGS[0]): [100000],
+    ("lift_pot", BASELINE): [100000, 100002],
+}
+
+
+def several_tasks(lab: dict) -> list[str]:
+    """The --root words of two task folders, with the kept datasets sized for their split."""
+    roots = task_roots(lab, SIM_TASKS)
+    home = pathlib.Path(lab["env"]["HF_LEROBOT_HOME"])
+    write_dataset_info(home, episodes=4)
+    write_dataset_info(home, repo_id=HELDOUT_REPO_ID, episodes=2)
+    return [word for root in roots.values() for word in ("--root", str(root))]
+
+
+def stand_in_robotwin(lab: dict) -> pathlib.Path:
+    from test_sim_eval import robotwin_checkout, write_outcomes
+
+    robotwin = robotwin_checkout(lab["tmp"] / "RoboTwin")
+    write_outcomes(
+        robotwin, {(task, config, "place_dual_shoes"): seeds for (task, config), seeds in SIM_SOLVED.items()}
+    )
+    return robotwin
+
+
+def check_several_tasks_results(logs: pathlib.Path) -> str:
+    """Each task's rates and pairs as the stand-in's outcomes give them on the seeds 100000-100002 and 100004, and
+    the arms pooled over both tasks; returns the table."""
+    results = json.loads((logs / "evaluation" / "sim_results.json").read_text())
+    blocks = {block["task"]: block["configs"] for block in results["tasks"]}
+    rates = {(task, config): (entry["successes"], entry["trials"]) for task, configs in blocks.items()
+             for config, entry in configs.items()}  # fmt: skip
+    assert rates == {key: (len(seeds), 4) for key, seeds in SIM_SOLVED.items()}
+    for task, only in (("stack_blocks", (3, 0)), ("lift_pot", (0, 1))):
+        pairing = blocks[task][PROGRESS_CONFIGS[0]]["vs_baseline"]
+        assert (pairing["pairs"], pairing["arm_only"], pairing["baseline_only"]) == (4, *only)
+    arm, baseline = results["pooled"][PROGRESS_CONFIGS[0]], results["pooled"][BASELINE]
+    assert (arm["successes"], arm["trials"], baseline["successes"], baseline["trials"]) == (5, 8, 3, 8)
+    assert (arm["vs_baseline"]["pairs"], arm["vs_baseline"]["arm_only"], arm["vs_baseline"]["baseline_only"]) == (
+        8, 3, 1,
+    )  # fmt: skip
+    return (logs / "evaluation" / "sim_results.md").read_text()
+
+
+def test_several_tasks_deploy_every_run_per_task_and_the_simulator_runs_each_on_the_same_seeds(lab: dict) -> None:
+    robotwin = stand_in_robotwin(lab)
+    configs = [PROGRESS_CONFIGS[0], BASELINE]
+
+    result = run_launcher(lab, *several_tasks(lab), "--no-eval", "--configs", ",".join(configs), "--sim-eval",
+                          str(robotwin), "--sim-trials", "4", SIM_PYTHON=sys.executable)  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    deploy = lab["logs"] / "deploy"
+    assert sorted(path.name for path in deploy.iterdir()) == ["lift_pot", "stack_blocks"]
+    for task in SIM_TASKS:
+        for config in configs:
+            deployed = deploy / task / "demo_clean" / config / "place_dual_shoes"
+            assert f"deploy: {config} -> {deployed}" in result.stdout
+            assert json.loads((deployed / "deploy.json").read_text())["task"] == task
+            assert f"sim-eval: {config} on {task} (demo_clean) in {robotwin}" in result.stdout
+            assert (lab["logs"] / f"sim_eval_{config}.{task}.demo_clean.log").exists()
+            run_json = lab["logs"] / "sim_eval" / task / "demo_clean" / config / "place_dual_shoes" / "run.json"
+            record = json.loads(run_json.read_text())
+            assert (record["task"], record["task_config"], record["eval_seed"]) == (task, "demo_clean", 0)
+            # The stand-in's expert fails 100003: every arm meets the same four seeds on each task.
+            assert [episode["env_seed"] for episode in record["episodes"]] == [100000, 100001, 100002, 100004]
+    table = check_several_tasks_results(lab["logs"])
+    assert result.stdout.rstrip().endswith(table.rstrip())
+    assert f"| all 2 tasks | {PROGRESS_CONFIGS[0]} | place_dual_shoes | 5/8 |" in table
+
+
+def test_sim_task_deploys_and_evaluates_that_task_only_and_must_be_one_of_the_roots(lab: dict) -> None:
+    roots = several_tasks(lab)
+    args = ["--dry-run", *roots, "--configs", BASELINE, "--sim-eval", "/opt/RoboTwin", "--stage", "sim-eval"]
+
+    every = run_launcher(lab, *args)
+    one = run_launcher(lab, *args, "--sim-task", "lift_pot/demo_clean")
+    other = run_launcher(lab, *args, "--sim-task", "place_dual_shoes/demo_clean")
+
+    assert every.returncode == 0, every.stderr
+    deploys = [line for line in every.stdout.splitlines() if " deploy --checkpoint-base-dir " in line]
+    assert [re.search(r"--task (\S+)", line).group(1) for line in deploys] == list(SIM_TASKS)
+    assert one.returncode == 0, one.stderr
+    lines = one.stdout.splitlines()
+    (deploy,) = [line for line in lines if " deploy --checkpoint-base-dir " in line]
+    assert (
+        f"--task lift_pot --task-config demo_clean --out {lab['logs'] / 'deploy' / 'lift_pot' / 'demo_clean'} "
+        in deploy
+    )
+    (run,) = [line for line in lines if " run --robotwin-dir /opt/RoboTwin " in line]
+    assert f"--deploy {lab['logs'] / 'deploy' / 'lift_pot' / 'demo_clean' / BASELINE / 'place_dual_shoes'} " in run
+    assert f"--out {lab['logs'] / 'sim_eval' / 'lift_pot' / 'demo_clean'} " in run
+    assert other.returncode == 1
+    assert other.stderr.splitlines() == [
+        "run_experiments.sh: --sim-task place_dual_shoes/demo_clean: not a task of the roots "
+        "(stack_blocks/demo_clean, lift_pot/demo_clean)"
+    ]
+    for flags in (("--sim-task", "lift_pot/demo_clean"), ("--slurm", "--sim-eval", "rt", "--sim-task", "a/b")):
+        refused = run_launcher(lab, *flags)
+        assert refused.returncode == 2
+        assert "--sim-task" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_slurm_sim_eval_with_several_tasks_runs_one_job_per_run_and_task_then_collects_them_all(
+    cluster: dict,
+) -> None:
+    robotwin = stand_in_robotwin(cluster)
+    configs = [PROGRESS_CONFIGS[0], BASELINE]
+    jobs = cluster["tmp"] / "jobs"
+    jobs.mkdir()
+
+    result = run_launcher(cluster, "--slurm", *several_tasks(cluster), "--configs", ",".join(configs), "--sim-eval",
+                          str(robotwin), "--sim-trials", "4", SLURM_RUN_JOBS=str(jobs),
+                          SIM_PYTHON=sys.executable)  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    # prepare 1001, the two trainings 1002-1003, four simulator jobs 1004-1007 (run by run, task by task), the
+    # collect job 1008: all ran and exited with 0.
+    assert {path.name: path.read_text().strip() for path in jobs.iterdir()} == {str(i): "0" for i in range(1001, 1009)}
+    slurm = cluster["logs"] / "slurm"
+    recorded = [(job["name"], job["id"], job["dependency"]) for job in json.loads((slurm / "jobs.json").read_text())]
+    pairs = [(config, task) for config in configs for task in SIM_TASKS]
+    assert recorded[3:] == [
+        *[(f"sim_eval_{config}.{task}.demo_clean", str(1004 + i), str(1002 + configs.index(config)))
+          for i, (config, task) in enumerate(pairs)],
+        ("sim_collect", "1008", "1004:1005:1006:1007"),
+    ]  # fmt: skip
+    for config, task in pairs:
+        name = f"sim_eval_{config}.{task}.demo_clean"
+        assert job_command(slurm / f"{name}.sbatch")[-6:] == [
+            "--configs", config, "--stage", "sim-eval", "--sim-task", f"{task}/demo_clean",
+        ]  # fmt: skip
+        assert "#SBATCH --gres=gpu:1" in (slurm / f"{name}.sbatch").read_text()
+        # Each job deploys and evaluates its own task only.
+        log = (cluster["logs"] / f"{name}.log").read_text()
+        assert log.count("deploy: ") == 1 and log.count("sim-eval: ") == 1
+        assert f"sim-eval: {config} on {task} (demo_clean) in {robotwin}" in log
+    table = check_several_tasks_results(cluster["logs"])
+    assert table.strip() in (cluster["logs"] / "sim_collect.log").read_text()
+    assert [line.split()[:2] for line in result.stdout.splitlines() if line.startswith("sim_eval_")] == [
+        [f"sim_eval_{config}.{task}.demo_clean", str(1004 + i)] for i, (config, task) in enumerate(pairs)
+    ]

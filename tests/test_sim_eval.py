@@ -25,7 +25,8 @@ against these lines of its files:
   path (download.maybe_download: `path.resolve()`) and loads `<checkpoint>/assets/<asset id>` through
   openpi.shared.normalize.load (training/checkpoints.py load_norm_stats, lines 110-114).
 The stand-in's environments: the expert fails every seed with seed % 4 == 3; the policy succeeds on the seeds the
-test lists in outcomes.json, after loading its norm stats by pi_model.py's rule with openpi's own normalize.load.
+test lists in outcomes.json (for its task, when the test lists them per task), after loading its norm stats by
+pi_model.py's rule with openpi's own normalize.load.
 """
 
 import json
@@ -94,7 +95,9 @@ def main(usr_args):
     check_config(usr_args["train_config_name"])
     load_norm_stats(usr_args)
     key = f"{usr_args['train_config_name']}/{usr_args['model_name']}"
-    solved = set(json.loads(Path("outcomes.json").read_text())[key])
+    outcomes = json.loads(Path("outcomes.json").read_text())
+    task_key = f"{usr_args['task_name']}/{key}"
+    solved = set(outcomes[task_key] if task_key in outcomes else outcomes[key])
     test_num = 100
     st_seed = 100000 * (1 + usr_args["seed"])
     st_seed, suc_num = eval_policy(usr_args, solved, st_seed, test_num=test_num)
@@ -335,8 +338,9 @@ def test_deploy_refuses_a_missing_step_and_an_ambiguous_asset_in_one_line(tmp_pa
 # ---- run and collect -----------------------------------------------------------------------------------------------
 
 
-def write_outcomes(robotwin: pathlib.Path, solved: dict[tuple[str, str], list[int]]) -> None:
-    (robotwin / "outcomes.json").write_text(json.dumps({f"{c}/{e}": seeds for (c, e), seeds in solved.items()}))
+def write_outcomes(robotwin: pathlib.Path, solved: dict[tuple[str, ...], list[int]]) -> None:
+    """The seeds the stand-in policy solves, per (config, exp name) on every task or per (task, config, exp name)."""
+    (robotwin / "outcomes.json").write_text(json.dumps({"/".join(key): seeds for key, seeds in solved.items()}))
 
 
 def test_run_then_collect_pairs_arms_on_the_same_seeds(tmp_path, capsys) -> None:
@@ -403,6 +407,90 @@ def test_run_then_collect_pairs_arms_on_the_same_seeds(tmp_path, capsys) -> None
     assert f"| {ARM} | all 2 | 10/12 | 83.3% |" in table
     # Wilson 4/6 by hand: centre (0.6667 + 0.3201) / 1.6402 = 0.6016, half 1.96 * 0.2524 / 1.6402 = 0.3016.
     assert f"| {ARM} | exp-seed42 | 4/6 | 66.7% | 30.0% - 90.3% | 6 | 3 | 1 | +33.3 | -40.8 to +65.8 | 0.625 |" in table
+
+
+def test_collect_reports_each_task_on_its_own_seeds_and_pools_the_tasks(tmp_path, capsys) -> None:
+    base, deploy_dir, sim_dir = tmp_path / "checkpoints", tmp_path / "deploy", tmp_path / "sim"
+    robotwin = robotwin_checkout(tmp_path / "RoboTwin")
+    other_arm = experiment_configs.PROGRESS_ARMS[1]
+    # Seed numbers repeat from task to task: each task's pairs are its own.
+    solved = {
+        (TASK, BASELINE, "exp"): [100000, 100001],
+        (TASK, ARM, "exp"): [100000, 100002, 100004, 100005],
+        (TASK, other_arm, "exp"): [100000],
+        ("lift_pot", BASELINE, "exp"): [100006],
+        ("lift_pot", ARM, "exp"): FIRST_SIX_SEEDS,
+    }
+    write_outcomes(robotwin, solved)
+    for task, config, exp_name in solved:
+        if not (base / config / exp_name).exists():
+            trained_checkpoint(base, config, exp_name)
+        # The launcher's layout for several tasks: DEPLOY_DIR/TASK/TASK_CONFIG and SIM_DIR/TASK/TASK_CONFIG.
+        deployed = deploy(capsys, base, deploy_dir / task / "demo_clean", config, exp_name, "--task", task)
+        status, _, err = call(
+            capsys, "run", "--robotwin-dir", robotwin, "--deploy", deployed, "--out", sim_dir / task / "demo_clean",
+            "--trials", 6, "--python", sys.executable,
+        )  # fmt: skip
+        assert status == 0, err
+
+    status, out, err = call(capsys, "collect", "--sim-dir", sim_dir, "--out", tmp_path / "evaluation")
+
+    assert status == 0, err
+    results = json.loads((tmp_path / "evaluation" / "sim_results.json").read_text())
+    assert set(results) == {"baseline", "tasks", "pooled"} and results["baseline"] == BASELINE
+    lift_pot, shoes = results["tasks"]
+    assert [(block["task"], block["task_config"], block["baseline"]) for block in results["tasks"]] == [
+        ("lift_pot", "demo_clean", BASELINE), (TASK, "demo_clean", BASELINE),
+    ]  # fmt: skip
+    for block in results["tasks"]:
+        for entry in block["configs"].values():
+            assert [episode["env_seed"] for episode in entry["runs"][0]["episodes"]] == FIRST_SIX_SEEDS
+    # place_dual_shoes: arm only 100002, 100004, 100005, baseline only 100001 -> p = 2 * (1 + 4) / 2**4.
+    assert shoes["configs"][ARM]["vs_baseline"]["mcnemar_p"] == 0.625
+    assert (shoes["configs"][ARM]["successes"], shoes["configs"][BASELINE]["successes"]) == (4, 2)
+    # lift_pot: arm only the five seeds other than 100006, baseline only none -> p = 2 / 2**5.
+    lift_arm = lift_pot["configs"][ARM]["vs_baseline"]
+    assert (lift_arm["arm_only"], lift_arm["baseline_only"], lift_arm["mcnemar_p"]) == (5, 0, 0.0625)
+    assert list(lift_pot["configs"]) == [ARM, BASELINE]
+    # Pooled: 10 of 12 against 3 of 12; 8 against 1 discordant pairs -> p = 2 * (1 + 9) / 2**9.
+    arm, baseline = results["pooled"][ARM], results["pooled"][BASELINE]
+    assert arm["tasks"] == ["lift_pot/demo_clean", f"{TASK}/demo_clean"]
+    assert (arm["successes"], arm["trials"], baseline["successes"], baseline["trials"]) == (10, 12, 3, 12)
+    assert arm["wilson_95"] == list(sim_eval.wilson_interval(10, 12))
+    assert (arm["vs_baseline"]["pairs"], arm["vs_baseline"]["arm_only"], arm["vs_baseline"]["baseline_only"]) == (
+        12, 8, 1,
+    )  # fmt: skip
+    assert arm["vs_baseline"]["mcnemar_p"] == 20 / 512 and baseline["vs_baseline"] is None
+    assert arm["runs"][0]["exp_name"] == "exp" and arm["runs"][0]["successes"] == 10
+    assert results["pooled"][other_arm]["tasks"] == [f"{TASK}/demo_clean"]
+    table = (tmp_path / "evaluation" / "sim_results.md").read_text()
+    assert out == table
+    assert table.startswith(f"Closed-loop success in RoboTwin on 2 tasks: lift_pot (demo_clean), {TASK} (demo_clean);")
+    assert (
+        f"| {TASK} (demo_clean) | {ARM} | exp | 4/6 | 66.7% | 30.0% - 90.3% | 6 | 3 | 1 | +33.3 | -40.8 to +65.8 | "
+        "0.625 |"
+    ) in table
+    assert f"| lift_pot (demo_clean) | {BASELINE} | exp | 1/6 |" in table
+    assert f"| all 2 tasks | {ARM} | exp | 10/12 | 83.3% |" in table
+    assert f"| 1 of 2 tasks | {other_arm} | exp | 1/6 |" in table
+
+
+def test_collect_refuses_a_run_met_twice_on_one_task(tmp_path, capsys) -> None:
+    base, sim_dir = tmp_path / "checkpoints", tmp_path / "sim"
+    trained_checkpoint(base, BASELINE, "exp")
+    deployed = deploy(capsys, base, tmp_path / "deploy", BASELINE, "exp")
+    # Two checkouts: RoboTwin names its result folder by the second, which two runs in one checkout may share.
+    for name, out in (("RoboTwin", sim_dir), ("RoboTwin2", sim_dir / TASK / "demo_clean")):
+        robotwin = robotwin_checkout(tmp_path / name)
+        write_outcomes(robotwin, {(BASELINE, "exp"): [100000]})
+        assert call(capsys, "run", "--robotwin-dir", robotwin, "--deploy", deployed, "--out", out, "--trials", 2,
+                    "--python", sys.executable)[0] == 0  # fmt: skip
+
+    status, _, err = call(capsys, "collect", "--sim-dir", sim_dir, "--out", tmp_path / "evaluation")
+
+    assert status == 1 and err.count("\n") == 1
+    assert f"{BASELINE}/exp on {TASK}/demo_clean again (also " in err
+    assert not (tmp_path / "evaluation").exists()
 
 
 def test_run_with_robotwins_own_100_trials_calls_its_script_unchanged(tmp_path, capsys) -> None:
