@@ -13,7 +13,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly ROOT
 readonly VENV="${TOOLKIT_VENV:-${ROOT}/.venv}"
-readonly STAMP="${VENV}/.toolkit-requirements.sha256"
 readonly V3_VENV="${ROOT}/.venv-lerobot04"
 
 err() {
@@ -34,56 +33,58 @@ find_python() {
 }
 
 fail_install() {
-  err "$1; the environment in ${VENV} is incomplete and will be installed again on the next run"
+  err "$2; the environment in $1 is incomplete and will be installed again on the next run"
   exit 1
 }
 
-ensure_env() {
+# install_env VENV WHAT [--no-deps] LOCK...: pip-installs the locks (paths under ROOT, in order; --no-deps applies to
+# the lock after it) into VENV, creating it if needed, unless VENV's stamp holds the hash of exactly these locks.
+install_env() {
+  local venv="$1" what="$2"
+  shift 2
+  local stamp="${venv}/.toolkit-requirements.sha256" locks=() arg
+  for arg in "$@"; do
+    [[ "${arg}" == --no-deps ]] || locks+=("${ROOT}/${arg}")
+  done
   local want
-  want="$(cat "${ROOT}/requirements.lock" "${ROOT}/requirements-nodeps.lock" | sha256sum | cut -d' ' -f1)"
-  if [[ -f "${STAMP}" && "$(cat "${STAMP}")" == "${want}" ]]; then
+  want="$(cat "${locks[@]}" | sha256sum | cut -d' ' -f1)"
+  if [[ -f "${stamp}" && "$(cat "${stamp}")" == "${want}" ]]; then
     return
   fi
-  echo "bootstrap.sh: installing the pinned environment into ${VENV} (a few minutes the first time)"
+  echo "bootstrap.sh: installing ${what} into ${venv} (a few minutes the first time)"
   local started=${SECONDS}
-  if [[ ! -x "${VENV}/bin/python" ]]; then
+  if [[ ! -x "${venv}/bin/python" ]]; then
     local python
     python="$(find_python)" || exit 1
-    "${python}" -m venv "${VENV}" || fail_install "could not create the virtual environment"
+    "${python}" -m venv "${venv}" || fail_install "${venv}" "could not create the virtual environment"
   fi
   # Every step is checked by hand: main calls this function in a context where bash ignores `set -e`, and a stamp
   # written after a failed step would make every later run skip the install and use a broken environment.
-  rm -f "${STAMP}"
-  "${VENV}/bin/pip" install --quiet --disable-pip-version-check -r "${ROOT}/requirements.lock" \
-    || fail_install "pip could not install requirements.lock"
+  rm -f "${stamp}"
+  local no_deps=()
+  for arg in "$@"; do
+    if [[ "${arg}" == --no-deps ]]; then
+      no_deps=(--no-deps)
+      continue
+    fi
+    "${venv}/bin/pip" install --quiet --disable-pip-version-check "${no_deps[@]}" -r "${ROOT}/${arg}" \
+      || fail_install "${venv}" "pip could not install ${arg}"
+    no_deps=()
+  done
+  echo "${want}" >"${stamp}"
+  echo "bootstrap.sh: ${venv} ready in $((SECONDS - started)) s, $(du -sh "${venv}" | cut -f1)"
+}
+
+ensure_env() {
   # openpi's own metadata pins CUDA jax and torch 2.7.1; everything it imports is already in requirements.lock.
-  "${VENV}/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "${ROOT}/requirements-nodeps.lock" \
-    || fail_install "pip could not install requirements-nodeps.lock"
-  echo "${want}" >"${STAMP}"
-  echo "bootstrap.sh: environment ready in $((SECONDS - started)) s, $(du -sh "${VENV}" | cut -f1)"
+  install_env "${VENV}" "the pinned environment" requirements.lock --no-deps requirements-nodeps.lock
 }
 
 ensure_v3_env() {
   # A second environment only for the converter's --format v3.0: lerobot 0.4.4 writes and reads LeRobot v3.0 only,
   # and its pins (datasets 4, numpy via XPolicyLab's lock) cannot share .venv with openpi's lerobot. --no-deps: the
   # lock lists exactly what lerobot's dataset code imports, not its robot/training extras (wandb, rerun, diffusers).
-  local want stamp="${V3_VENV}/.toolkit-requirements.sha256"
-  want="$(sha256sum "${ROOT}/requirements-lerobot-v3.lock" | cut -d' ' -f1)"
-  if [[ -f "${stamp}" && "$(cat "${stamp}")" == "${want}" ]]; then
-    return
-  fi
-  echo "bootstrap.sh: installing lerobot 0.4.4 for --format v3.0 into ${V3_VENV}"
-  local started=${SECONDS}
-  if [[ ! -x "${V3_VENV}/bin/python" ]]; then
-    local python
-    python="$(find_python)" || exit 1
-    "${python}" -m venv "${V3_VENV}" || { err "could not create ${V3_VENV}"; exit 1; }
-  fi
-  rm -f "${stamp}"
-  "${V3_VENV}/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "${ROOT}/requirements-lerobot-v3.lock" \
-    || { err "pip could not install requirements-lerobot-v3.lock; ${V3_VENV} will be installed again on the next run"; exit 1; }
-  echo "${want}" >"${stamp}"
-  echo "bootstrap.sh: ${V3_VENV} ready in $((SECONDS - started)) s, $(du -sh "${V3_VENV}" | cut -f1)"
+  install_env "${V3_VENV}" "lerobot 0.4.4 for --format v3.0" --no-deps requirements-lerobot-v3.lock
 }
 
 ensure_tmux() {

@@ -1289,11 +1289,18 @@ def train_runs(s: Settings, runner: Runner, groups: list[str], outcomes: dict[Ru
     return not failed
 
 
+def name_width(names: list[str]) -> int:
+    """The width of the name column of the runs and jobs tables: 46, or more where a name would leave less than two
+    spaces before the next column."""
+    return max([46, *(len(name) + 1 for name in names)])
+
+
 def print_summary(s: Settings, outcomes: dict[Run, Outcome]) -> None:
+    width = name_width([run.name for run in outcomes])
     say()
-    say(f"{'config':<46} {'result':<22} {'time':>8}  log")
+    say(f"{'config':<{width}} {'result':<22} {'time':>8}  log")
     for run, outcome in outcomes.items():
-        say(f"{run.name:<46} {outcome.result:<22} {outcome.seconds:>8}  {run.log}")
+        say(f"{run.name:<{width}} {outcome.result:<22} {outcome.seconds:>8}  {run.log}")
 
 
 # --- evaluation, deploy and simulator evaluation --------------------------------------------------------------------
@@ -1480,11 +1487,11 @@ def collect_sim_results(s: Settings) -> None:
 # --- SLURM ----------------------------------------------------------------------------------------------------------
 
 
-def job_row(*cells: str) -> str:
-    """One row of a jobs table: job, job id, then one or two more columns."""
+def job_row(width: int, *cells: str) -> str:
+    """One row of a jobs table: job (padded to `width`, see name_width), job id, then one or two more columns."""
     if len(cells) == 3:
-        return f"{cells[0]:<46} {cells[1]:<10} {cells[2]}"
-    return f"{cells[0]:<46} {cells[1]:<10} {cells[2]:<28} {cells[3]}"
+        return f"{cells[0]:<{width}} {cells[1]:<10} {cells[2]}"
+    return f"{cells[0]:<{width}} {cells[1]:<10} {cells[2]:<28} {cells[3]}"
 
 
 def need_commands(*names: str) -> None:
@@ -1565,9 +1572,10 @@ def show_status(s: Settings, trainings: bool = True) -> None:
         rows = recorded_job_states(s)
     recorded = {row[0] for row in rows}
     rows += [(run.name, "-", "-") for run in s.runs if trainings and run.name not in recorded]
-    say(job_row("job", "job id", "state", "finished"))
+    width = name_width([name for name, _, _ in rows])
+    say(job_row(width, "job", "job id", "state", "finished"))
     for name, id_, state in rows:
-        say(job_row(name, id_, state, finish_marker(s, name)))
+        say(job_row(width, name, id_, state, finish_marker(s, name)))
 
 
 def cancel_jobs(s: Settings) -> None:
@@ -1648,8 +1656,9 @@ def list_submitted(s: Settings) -> None:
             f"submitted before the failure (cancel them with: bash {LAUNCHER} --cancel --log-dir {s.log_dir}):",
             file=sys.stderr,
         )
+        width = name_width([job["name"] for job in jobs])
         for job in jobs:
-            print(job_row(job["name"], job["id"], job["dependency"] or "-"), file=sys.stderr)
+            print(job_row(width, job["name"], job["id"], job["dependency"] or "-"), file=sys.stderr)
         sys.stderr.flush()
 
 
@@ -1741,9 +1750,10 @@ def submit_jobs(s: Settings) -> str:
         list_submitted(s)
         raise Failure("") from None
     say()
-    say(job_row("job", "job id", "dependency"))
+    width = name_width([name for name, _, _ in rows])
+    say(job_row(width, "job", "job id", "dependency"))
     for name, job_id, dependency in rows:
-        say(job_row(name, "(dry run)" if s.dry_run else job_id, dependency))
+        say(job_row(width, name, "(dry run)" if s.dry_run else job_id, dependency))
     say()
     if s.dry_run:
         say(f"slurm: dry run, nothing submitted; the job scripts are in {s.slurm_dir}")
@@ -1771,8 +1781,8 @@ def submit_folds(s: Settings, folds: list[Settings]) -> None:
         atomic_files.write_json(pathlib.Path(s.slurm_dir, JOBS_FILE), [])
     everything = ":".join(evaluations)
     job_id = submit_job(s, "pool", "prepare", everything, [*s.job_args, "--stage", "pool"])
-    say(job_row("job", "job id", "dependency"))
-    say(job_row("pool", "(dry run)" if s.dry_run else job_id, f"afterok:{everything}"))
+    say(job_row(name_width(["pool"]), "job", "job id", "dependency"))
+    say(job_row(name_width(["pool"]), "pool", "(dry run)" if s.dry_run else job_id, f"afterok:{everything}"))
 
 
 # --- the whole sequence ---------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ SAMPLE_FRAMES = 40
 LAYOUT_EPISODES = 2
 LAYOUT_FRAMES = 30
 LAYOUT_SEED = 2
+# The quick conversion most converter tests need: one process, the head camera alone.
+ONE_WORKER_ONE_CAMERA = ("--workers", "1", "--cameras", "head_camera")
 # .ci/run sets TOOLKIT_STRICT=1: CI must run every test, so a missing test tool fails and any skip fails the run.
 STRICT = os.environ.get("TOOLKIT_STRICT") == "1"
 
@@ -50,6 +52,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     skipped = strict_skips(config)
     if skipped:
         terminalreporter.write_line(f"TOOLKIT_STRICT=1: {len(skipped)} test(s) skipped; CI runs every test", red=True)
+
+
+@pytest.fixture(scope="module")
+def datasets_cache(tmp_path_factory: pytest.TempPathFactory):
+    """lerobot's reader copies datasets into HF_DATASETS_CACHE; keep that inside the test's temporary folder.
+
+    Modules that read datasets in this process ask for it with `pytest.mark.usefixtures("datasets_cache")`.
+    """
+    import datasets  # here: most test modules never read a dataset, and the import costs them most of a second
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -5,26 +5,20 @@ import json
 import pathlib
 import shutil
 
-import datasets
 import pytest
 
 import atomic_files
 import convert_robotwin_democlean_to_lerobot as converter
 import generate_robotwin_samples as samples
+from conftest import ONE_WORKER_ONE_CAMERA
 
 FRAMES = samples.MIN_FRAMES
 # task -> (layout, episodes); eleven episodes make 10% round down to one, three make it round up to the minimum one
 TASKS = {"stack_blocks": ("legacy", 11), "place_dual_shoes": ("legacy", 3), "handover_block": ("xpolicylab", 2)}
-FAST = ("--workers", "1", "--cameras", "head_camera")
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def datasets_cache(tmp_path_factory):
-    """lerobot's reader (--verify) copies datasets into HF_DATASETS_CACHE; keep that in the temporary folder."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
-        yield
+pytestmark = [
+    pytest.mark.usefixtures("datasets_cache"),
+    pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
+]
 
 
 def instruction(task: str, number: int) -> str:
@@ -116,7 +110,7 @@ def test_folds_hold_out_every_episode_once_and_a_share_of_each_task(tasks):
 
 def test_glob_and_repeated_roots_make_one_multi_task_dataset(tasks, tmp_path, capsys):
     argv = ["--root", legacy_glob(tasks), "--root", str(tasks["handover_block"]), "--repo-id", "t/multi"]
-    argv += ["--output-root", str(tmp_path), "--max-episodes-per-task", "2", "--verify", *FAST]
+    argv += ["--output-root", str(tmp_path), "--max-episodes-per-task", "2", "--verify", *ONE_WORKER_ONE_CAMERA]
     code, err = convert(argv, capsys)
     assert code == 0, err
     episodes, task_texts, sources = dataset_meta(tmp_path / "t" / "multi")
@@ -139,7 +133,7 @@ def test_split_file_converts_exactly_one_part(tasks, tmp_path, capsys):
     atomic_files.write_json(tmp_path / "split.json", split)
     for part, expected in (("heldout", [("stack_blocks", 10), ("handover_block", 1)]), ("train", None)):
         argv = ["--split", str(tmp_path / "split.json"), "--part", part, "--repo-id", f"t/{part}"]
-        code, err = convert([*argv, "--output-root", str(tmp_path), *FAST], capsys)
+        code, err = convert([*argv, "--output-root", str(tmp_path), *ONE_WORKER_ONE_CAMERA], capsys)
         assert code == 0, err
         _, _, sources = dataset_meta(tmp_path / "t" / part)
         got = [(row["task"], row["episode"]) for row in sources]
@@ -150,7 +144,7 @@ def test_split_file_converts_exactly_one_part(tasks, tmp_path, capsys):
 
 def test_episodes_applies_to_every_root(tasks, tmp_path, capsys):
     argv = ["--root", legacy_glob(tasks), "--episodes", "1-2", "--repo-id", "t/sel", "--output-root", str(tmp_path)]
-    code, err = convert([*argv, *FAST], capsys)
+    code, err = convert([*argv, *ONE_WORKER_ONE_CAMERA], capsys)
     assert code == 0, err
     _, _, sources = dataset_meta(tmp_path / "t" / "sel")
     assert [(r["task"], r["episode"]) for r in sources] == [
@@ -171,7 +165,7 @@ def test_episodes_applies_to_every_root(tasks, tmp_path, capsys):
 def test_bad_roots_are_one_line_errors_and_nothing_is_written(roots, message, tasks, tmp_path, capsys):
     out = tmp_path / "out"
     argv = [arg for root in roots(tasks, tmp_path) for arg in ("--root", root)]
-    code, err = convert([*argv, "--repo-id", "t/bad", "--output-root", str(out), *FAST], capsys)
+    code, err = convert([*argv, "--repo-id", "t/bad", "--output-root", str(out), *ONE_WORKER_ONE_CAMERA], capsys)
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err

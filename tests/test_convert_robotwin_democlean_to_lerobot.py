@@ -15,7 +15,6 @@ import time
 
 import av
 import cv2
-import datasets
 import h5py
 import numpy as np
 import pyarrow as pa
@@ -25,7 +24,7 @@ import pytest
 import convert_robotwin_democlean_to_lerobot as converter
 import generate_robotwin_samples as samples
 import robotwin_episodes
-from conftest import LAYOUT_EPISODES, LAYOUT_FRAMES, LAYOUT_SEED, default_sigint
+from conftest import LAYOUT_EPISODES, LAYOUT_FRAMES, LAYOUT_SEED, ONE_WORKER_ONE_CAMERA, default_sigint
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "convert_robotwin_democlean_to_lerobot.py"
@@ -42,18 +41,11 @@ INTERFACE_FEATURES = {
     "target_joint": ("float32", (14,)),
 }
 SMALL_FRAMES = 30
-# the quick conversion most tests need: one process, the head camera alone
-ONE_WORKER_ONE_CAMERA = ("--workers", "1", "--cameras", "head_camera")
-# datasets turns our (1,)-shaped progress values into scalars with float(), which numpy deprecates.
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def datasets_cache(tmp_path_factory):
-    """lerobot's reader copies datasets into HF_DATASETS_CACHE; keep that inside the test's temporary folder."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
-        yield
+pytestmark = [
+    pytest.mark.usefixtures("datasets_cache"),
+    # datasets turns our (1,)-shaped progress values into scalars with float(), which numpy deprecates.
+    pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
+]
 
 
 @pytest.fixture(scope="module")

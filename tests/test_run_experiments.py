@@ -1459,6 +1459,31 @@ def test_seeds_with_slurm_submit_one_training_job_per_seed(cluster: dict) -> Non
     assert table_rows(result.stdout)[f"{config}-seed43"] == ["(dry run)", "afterok:prepare"]
 
 
+def second_column_starts(stdout: str, header: str) -> set[int]:
+    """Where the second column starts in the header line matching `header` and in each row under it (to a blank)."""
+    lines = stdout.splitlines()
+    (at,) = [i for i, line in enumerate(lines) if re.fullmatch(header, line)]
+    table = lines[at : lines.index("", at) if "" in lines[at:] else len(lines)]
+    return {re.match(r"\S+ +", line).end() for line in table}
+
+
+def test_the_jobs_and_summary_tables_line_up_names_longer_than_46_characters(cluster: dict) -> None:
+    config = PROGRESS_CONFIGS[3]
+    longest = len(f"{config}-seed42")
+    assert longest > 46
+
+    jobs = run_launcher(cluster, "--dry-run", "--slurm", "--configs", config, "--seeds", "2")
+    summary = run_launcher(cluster, "--dry-run", "--configs", config, "--seeds", "2")
+    short = run_launcher(cluster, "--dry-run", "--slurm", "--configs", BASELINE)
+
+    for result in (jobs, summary, short):
+        assert result.returncode == 0, result.stderr
+    # Two spaces after the longest name; names that fit keep the 46-character column and its one space.
+    assert second_column_starts(jobs.stdout, r"job +job id +dependency") == {longest + 2}
+    assert second_column_starts(summary.stdout, r"config +result +time +log") == {longest + 2}
+    assert second_column_starts(short.stdout, r"job +job id +dependency") == {47}
+
+
 @pytest.mark.parametrize("flags", [("--seeds", "0"), ("--seed", "42"), ("--seeds", "2", "--seed", "44")])
 def test_seeds_usage_errors(lab: dict, flags: tuple) -> None:
     result = run_launcher(lab, "--dry-run", *flags)
