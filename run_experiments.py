@@ -1781,8 +1781,9 @@ def submit_folds(s: Settings, folds: list[Settings]) -> None:
         atomic_files.write_json(pathlib.Path(s.slurm_dir, JOBS_FILE), [])
     everything = ":".join(evaluations)
     job_id = submit_job(s, "pool", "prepare", everything, [*s.job_args, "--stage", "pool"])
-    say(job_row(name_width(["pool"]), "job", "job id", "dependency"))
-    say(job_row(name_width(["pool"]), "pool", "(dry run)" if s.dry_run else job_id, f"afterok:{everything}"))
+    width = name_width(["pool"])
+    say(job_row(width, "job", "job id", "dependency"))
+    say(job_row(width, "pool", "(dry run)" if s.dry_run else job_id, f"afterok:{everything}"))
 
 
 # --- the whole sequence ---------------------------------------------------------------------------------------------
