@@ -1742,6 +1742,13 @@ def test_format_v3_converts_for_real_then_checks_fields_columns_and_computes_nor
     np.testing.assert_allclose(stats["state"]["mean"], expected, rtol=1e-5, atol=1e-6)
     assert trained(lab) == [BASELINE]
 
+    kept = subprocess.run([*launch, "--format", "v3.0"], env=env, capture_output=True, text=True, timeout=300)
+
+    assert kept.returncode == 0, kept.stderr
+    for repo_id in (REPO_ID, HELDOUT_REPO_ID):
+        assert f"convert: {home / repo_id} exists, kept (--reconvert converts again)" in kept.stdout
+    assert f"fields: {home / REPO_ID} (LeRobot v3.0) has every field of: {BASELINE}" in kept.stdout
+
     again = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=120)
 
     assert again.returncode == 1
