@@ -77,8 +77,8 @@ Usage: bash run_experiments.sh [--root DIR]... [--max-episodes-per-task N] [--re
                     evaluate (the evaluation, no deploy), sim-eval (deploy and simulator run of the configs' runs),
                     sim-collect (the simulator table)
   --format F        the LeRobot format of both datasets, converted with the converter's --format F and refused by
-                    the field check in any other: v2.1 (default) for an openpi whose lerobot is its pinned rev or
-                    0.3.x (RoboTwin's policy/pi05), v3.0 for one with lerobot >= 0.4 (XPolicyLab's Pi_05, lerobot
+                    the field check in any other: v2.1 (default) for an openpi whose lerobot reads v2.x (openpi's
+                    pinned rev, lerobot 0.3.x), v3.0 for one with lerobot >= 0.4 (XPolicyLab's Pi_05, lerobot
                     0.4.4; the converter writes it under .venv-lerobot04, `bash bootstrap.sh lerobot-v3`). A kept
                     dataset of the other format is refused: --reconvert converts it again. Not with --demo, whose
                     installed openpi reads v2.1 only
