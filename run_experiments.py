@@ -11,6 +11,7 @@ Usage: bash run_experiments.sh [--root DIR]... [--max-episodes-per-task N] [--re
                                [--folds K [--fold F]]
                                [--slurm [--slurm-args ARGS] [--slurm-prep-args ARGS] [--slurm-train-args ARGS]]
                                [--status] [--cancel] [--stage STAGE] [--demo [--out DIR] [--steps N]] [-h|--help]
+                               [--format v2.1|v3.0]
 
   --root DIR        RoboTwin episodes in either layout: a legacy demo_clean folder or an XPolicyLab
                     <task>/aloha_agilex folder, or the data/ folder in it (robotwin_episodes.py reads both)
@@ -88,6 +89,12 @@ Usage: bash run_experiments.sh [--root DIR]... [--max-episodes-per-task N] [--re
                     one; default: every task). With several tasks each run is deployed and evaluated once per task,
                     into LOG_DIR/deploy/TASK/TASK_CONFIG/CONFIG/NAME and LOG_DIR/sim_eval/TASK/TASK_CONFIG, logged to
                     LOG_DIR/sim_eval_RUN.TASK.TASK_CONFIG.log (--slurm: one job each); one task keeps the paths above
+  --format F        the LeRobot format of both datasets, converted with the converter's --format F and refused by
+                    the field check in any other: v2.1 (default) for an openpi whose lerobot reads v2.x (openpi's
+                    pinned rev, lerobot 0.3.x), v3.0 for one with lerobot >= 0.4 (XPolicyLab's Pi_05, lerobot
+                    0.4.4; the converter writes it under .venv-lerobot04, `bash bootstrap.sh lerobot-v3`). A kept
+                    dataset of the other format is refused: --reconvert converts it again. Not with --demo, whose
+                    installed openpi reads v2.1 only
 
 Environment:
   OPENPI_DIR        openpi checkout with the patch applied (required without --demo)
@@ -320,6 +327,7 @@ class Settings:
     heldout_dataset: str
     slurm_dir: str
     env: dict[str, str]
+    dataset_format: str  # the LeRobot format both datasets are converted to and checked in (--format)
     # --folds K: the trainings of the folds after this one, whose checkpoints will join this fold's on the disk
     later_trainings: int = 0
 
@@ -386,6 +394,7 @@ FLAGS: dict[str, tuple[str, str | None, bool]] = {
     "--status": ("status", None, False),
     "--cancel": ("cancel", None, False),
     "--sim-task": ("sim_task", "--sim-task needs TASK/TASK_CONFIG", False),
+    "--format": ("dataset_format", "--format needs v2.1 or v3.0", True),
 }
 
 
@@ -458,6 +467,19 @@ def cross_validation(flags: dict[str, str], stage: str) -> tuple[int | None, int
     if stage == "pool":
         raise UsageError("--stage pool pools every fold: give it without --fold")
     return folds, int(fold)
+
+
+def dataset_format_from(value: str | None, demo: bool) -> str:
+    """--format checked against the formats the converter writes (its first one the default)."""
+    import convert_robotwin_democlean_to_lerobot as converter
+
+    if value is None:
+        return converter.FORMATS[0]
+    if value not in converter.FORMATS:
+        raise UsageError(f"--format wants {' or '.join(converter.FORMATS)}, got '{value}'")
+    if demo and value != converter.FORMATS[0]:
+        raise UsageError(f"--format {value}: --demo trains with the installed openpi, whose lerobot reads v2.1 only")
+    return value
 
 
 def settings_from(argv: list[str], environ: dict[str, str]) -> Settings:
@@ -622,6 +644,7 @@ def settings_from(argv: list[str], environ: dict[str, str]) -> Settings:
         # Absolute, as the job scripts and the sbatch commands they keep may be used from anywhere.
         slurm_dir=absolute(f"{log_dir}/slurm"),
         env=env,
+        dataset_format=dataset_format_from(get("dataset_format"), demo),
     )
 
 
@@ -1048,12 +1071,22 @@ def split_record(s: Settings, split: Split) -> dict:
     return {**record, **split.plan} if split.several else record
 
 
-def dataset_episodes(dataset: str) -> str:
-    """The number of episodes meta/info.json says a dataset holds ("" when it says none)."""
+def same_format(version: str, dataset_format: str) -> bool:
+    """Whether a codebase_version is one the format's lerobot reads: the same major version (lerobot's own rule,
+    check_version_compatibility; openpi's pinned rev reads v2.0 and v2.1, lerobot 0.4.4 refuses both)."""
+    return version.split(".")[0] == dataset_format.split(".")[0]
+
+
+def dataset_episodes(dataset: str) -> tuple[str, str]:
+    """The codebase_version and the number of episodes meta/info.json says a dataset holds (v2.x and v3.0 keep both
+    under the same keys; "" for what it does not say)."""
     try:
-        return str(json.loads(pathlib.Path(dataset, "meta", "info.json").read_text())["total_episodes"])
-    except (OSError, ValueError, KeyError):
-        return ""
+        info = json.loads(pathlib.Path(dataset, "meta", "info.json").read_text())
+    except (OSError, ValueError):
+        return "", ""
+    if not isinstance(info, dict):
+        return "", ""
+    return str(info.get("codebase_version", "")), str(info.get("total_episodes", ""))
 
 
 def convert_part(s: Settings, split: Split, part: str, split_file: pathlib.Path) -> bool:
@@ -1068,7 +1101,7 @@ def convert_part(s: Settings, split: Split, part: str, split_file: pathlib.Path)
         ["--split", str(split_file), "--part", part] if split.several else ["--root", roots[0], "--episodes", spec]
     )
     convert = [s.python, f"{SCRIPT_DIR}/convert_robotwin_democlean_to_lerobot.py", *selection, "--repo-id", repo_id,
-               "--verify"]  # fmt: skip
+               "--format", s.dataset_format, "--verify"]  # fmt: skip
     if s.reconvert:
         convert.append("--overwrite")
     missing = not pathlib.Path(dataset, "meta", "info.json").is_file()
@@ -1089,7 +1122,12 @@ def convert_part(s: Settings, split: Split, part: str, split_file: pathlib.Path)
         if subprocess.run(convert, check=False, env=s.env).returncode != 0:
             raise Failure(f"conversion of {' '.join(roots)} failed")
         return True
-    held = dataset_episodes(dataset)
+    version, held = dataset_episodes(dataset)
+    if not same_format(version, s.dataset_format):
+        raise Failure(
+            f"{dataset}: a LeRobot {version or 'unknown-format'} dataset, not the {s.dataset_format} --format asks "
+            "for: --reconvert converts it again"
+        )
     if held != str(count):
         raise Failure(
             f"{dataset} holds {held} episode(s), the split gives it {count} ({described}): "
@@ -1125,9 +1163,10 @@ def convert_dataset(s: Settings, split: Split) -> bool:
 # --- dataset checks -------------------------------------------------------------------------------------------------
 
 
-def field_problems(info_path: str, configs: tuple[str, ...]) -> list[str]:
-    """Every field each config needs, checked against meta/info.json: the wanted fields come from the converter's
-    own schema and the columns each config reads in openpi_patch/experiment_configs.py (the launcher keeps no copy)."""
+def field_problems(info_path: str, configs: tuple[str, ...], dataset_format: str) -> list[str]:
+    """Every field each config needs, checked against meta/info.json of the format asked for: the wanted fields come
+    from the converter's own schema and the columns each config reads in openpi_patch/experiment_configs.py (the
+    launcher keeps no copy). v2.1 and v3.0 describe a feature alike (dtype, shape as a list, names)."""
     import convert_robotwin_democlean_to_lerobot as converter
 
     try:
@@ -1140,8 +1179,9 @@ def field_problems(info_path: str, configs: tuple[str, ...]) -> list[str]:
     # writes it.
     schema = converter.features(tuple(converter.CAMERA_KEYS), converter.NATIVE_SIZE, video=False)
     problems: dict[str, list[str]] = {}
-    if not str(info.get("codebase_version", "")).startswith("v2."):
-        problems[f"codebase_version {info.get('codebase_version')} (openpi reads LeRobot v2.x)"] = ["all"]
+    version = str(info.get("codebase_version", ""))
+    if not same_format(version, dataset_format):
+        problems[f"codebase_version {version or 'missing'}, not the {dataset_format} of --format"] = ["all"]
     for config in configs:
         for name in experiment_configs.columns_read(config):
             is_image = name.startswith(converter.IMAGE_PREFIX)
@@ -1167,7 +1207,7 @@ def check_dataset(s: Settings) -> None:
     """Every field each selected config needs, then every column openpi's configs read, before any training."""
     config_list = ",".join(s.configs)
     if s.dry_run:
-        say(f"+ check {s.dataset}/meta/info.json has the fields of: {' '.join(s.configs)}")
+        say(f"+ check {s.dataset}/meta/info.json is LeRobot {s.dataset_format}, with the fields of: {config_list}")
         openpi_python = " ".join(s.openpi_python)
         demo = " --demo" if s.demo else ""
         say(
@@ -1176,12 +1216,12 @@ def check_dataset(s: Settings) -> None:
         )
         return
     info = f"{s.dataset}/meta/info.json"
-    problems = field_problems(info, s.configs)
+    problems = field_problems(info, s.configs, s.dataset_format)
     for problem in problems:
         err(problem)
     if problems:
         raise Failure("")
-    say(f"fields: {s.dataset} has every field of: {' '.join(s.configs)}")
+    say(f"fields: {s.dataset} (LeRobot {s.dataset_format}) has every field of: {' '.join(s.configs)}")
     check = [*s.openpi_python, str(COLUMNS_CHECK), *(["--demo"] if s.demo else []), info, config_list]
     try:
         result = subprocess.run(check, cwd=s.workdir, env=s.env, check=False)

@@ -1,4 +1,5 @@
-"""The dataset columns openpi's own train configs read, checked against a LeRobot dataset's meta/info.json.
+"""The dataset columns openpi's own train configs read, checked against a LeRobot dataset's meta/info.json (v2.x or
+v3.0: both name the columns as the keys of "features").
 
     python openpi_patch/config_columns.py [--demo] INFO_JSON CONFIG[,CONFIG...]
 

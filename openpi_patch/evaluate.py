@@ -548,14 +548,41 @@ def load_checkpoint(config, step_dir: pathlib.Path):
     return model, checkpoints.load_norm_stats(step_dir / "assets", data_config.asset_id)
 
 
-def training_mean(repo_id: str, target: str) -> np.ndarray:
-    """The mean progress over the training dataset's frames, from the statistics lerobot stored with it."""
-    from openpi.training import data_loader
+def stored_means(root: pathlib.Path, names: tuple[str, ...]) -> np.ndarray:
+    """The mean of each named one-value feature over a dataset's frames, from the per-episode statistics lerobot
+    stored with it, each episode weighted by its frame count (as lerobot's aggregate_stats weights them):
+    meta/episodes_stats.jsonl in v2.x, the stats/NAME/mean and stats/NAME/count columns of meta/episodes/*/*.parquet
+    in v3.0 (lerobot 0.4.4). Read from the files, so that any lerobot (or none) will do."""
+    import pyarrow.parquet as pq
 
-    stats = data_loader._import_lerobot_dataset().LeRobotDatasetMetadata(repo_id).stats  # noqa: SLF001
-    return np.array(
-        [float(np.asarray(stats[name]["mean"]).reshape(-1)[0]) for name in experiment_configs.TARGET_COLUMNS[target]]
-    )
+    try:
+        version = str(json.loads((root / "meta" / "info.json").read_text()).get("codebase_version", ""))
+        if version.startswith("v3."):
+            source = root / "meta" / "episodes"
+            columns = [f"stats/{name}/{stat}" for name in names for stat in ("mean", "count")]
+            tables = [pq.read_table(path, columns=columns).to_pydict() for path in sorted(source.glob("*/*.parquet"))]
+            rows = [{name: {stat: t[f"stats/{name}/{stat}"][i] for stat in ("mean", "count")} for name in names}
+                    for t in tables for i in range(len(t[columns[0]]))]  # fmt: skip
+        else:
+            source = root / "meta" / "episodes_stats.jsonl"
+            rows = [json.loads(line)["stats"] for line in source.read_text().splitlines() if line.strip()]
+        means = np.array([[float(np.ravel(row[name]["mean"])[0]) for name in names] for row in rows])
+        counts = np.array([[float(np.ravel(row[name]["count"])[0]) for name in names] for row in rows])
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise EvaluationError(
+            f"{root}: no per-episode statistics of {', '.join(names)} ({type(e).__name__}: {e})"
+        ) from None
+    if not rows:
+        raise EvaluationError(f"{source}: no episodes")
+    return (means * counts).sum(axis=0) / counts.sum(axis=0)
+
+
+def training_mean(repo_id: str, target: str) -> np.ndarray:
+    """The mean progress over the training dataset's frames, from the statistics lerobot stored with it, in the
+    dataset openpi's loader opens (HF_LEROBOT_HOME/repo_id)."""
+    from norm_stats import dataset_root
+
+    return stored_means(dataset_root(repo_id, None), tuple(experiment_configs.TARGET_COLUMNS[target]))
 
 
 class HeldoutFrames:

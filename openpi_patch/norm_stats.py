@@ -12,7 +12,9 @@ writes, without decoding a single image:
   the same prompt and action-chunk settings (action_horizon, action_sequence_keys, prompt_from_task), the same
   batch size (openpi's pass drops the last len % batch_size frames and its quantiles depend on the batches), the
   same repack and data transforms (compared by value) and the same norm-stats keys;
-- each dataset's non-image columns are read once from its parquet files (pyarrow); each frame becomes the item
+- each dataset's non-image columns are read once from its parquet files (pyarrow), in either LeRobot format: v2.1
+  through lerobot's metadata (one file per episode), v3.0 (lerobot >= 0.4, XPolicyLab's Pi_05; several episodes
+  per file) from its files as lerobot 0.4.4 reads them, whatever lerobot is installed; each frame becomes the item
   lerobot's reader would give openpi (the action chunk built as lerobot's delta_timestamps build it: action_horizon
   rows from this frame on, the episode's last row repeated past its end, with the *_is_pad flags), with each image
   replaced by a black uint8 image of its declared shape (the form a policy gets images in at inference);
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import os
 import pathlib
 import sys
@@ -210,9 +213,81 @@ def black_image(feature: dict) -> np.ndarray:
     return np.broadcast_to(np.zeros((), np.uint8), shape)
 
 
+def parquet_files(folder: pathlib.Path, columns: list[str]):
+    """The rows of every FOLDER/chunk-*/file-*.parquet in sorted order, as lerobot 0.4's load_nested_dataset
+    concatenates them, as one pyarrow table of the given columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = sorted(folder.glob("*/*.parquet"))
+    if not paths:
+        raise NormStatsError(f"{folder}: no parquet files (chunk-*/file-*.parquet)")
+    tables = []
+    for path in paths:
+        try:
+            tables.append(pq.read_table(path, columns=columns))
+        except (OSError, KeyError, ValueError, pa.ArrowException) as e:
+            raise NormStatsError(f"{path}: cannot read the columns {', '.join(columns)}: {e}") from None
+    return pa.concat_tables(tables)
+
+
+def v3_tasks(path: pathlib.Path) -> dict[int, str]:
+    """task_index -> task of meta/tasks.parquet, a pandas frame whose index is the task (lerobot 0.4's write_tasks)."""
+    import pyarrow.parquet as pq
+
+    try:
+        tasks = pq.read_table(path).to_pandas()
+        return {int(index): str(task) for task, index in zip(tasks.index, tasks["task_index"], strict=True)}
+    except (OSError, KeyError, ValueError) as e:
+        raise NormStatsError(f"{path}: not lerobot's task table ({type(e).__name__}: {e})") from None
+
+
+def read_v3_columns(repo_id: str, root: pathlib.Path, info: dict) -> Columns:
+    """A LeRobot v3.0 dataset (lerobot >= 0.4, XPolicyLab's Pi_05) as lerobot 0.4.4's LeRobotDataset reads it, read
+    here without lerobot (the toolkit's lerobot reads v2.x only): frame i is row i of the data files, and its
+    episode's frames are meta/episodes' dataset_from_index to dataset_to_index of its episode_index."""
+    features = info["features"]
+    readable = [key for key, feature in features.items() if feature["dtype"] not in PIXEL_DTYPES]
+    episodes = parquet_files(root / "meta" / "episodes", ["episode_index", "length", "dataset_from_index",
+                                                          "dataset_to_index"])  # fmt: skip
+    table = parquet_files(root / "data", readable)
+    frames = table.num_rows
+    values = {key: column_values(table, key, frames, tuple(features[key]["shape"])) for key in readable}
+    number, length, first, last = (episodes.column(name).to_numpy() for name in episodes.column_names)
+    data = root / "data"
+    # lerobot looks a frame's episode up by position in meta/episodes and its window up by row
+    if not np.array_equal(number, np.arange(len(number))):
+        raise NormStatsError(f"{root / 'meta' / 'episodes'}: episodes {number.tolist()}, not 0-{len(number) - 1}")
+    if not np.array_equal(values["index"], np.arange(frames)):
+        raise NormStatsError(f"{data}: the index column does not count the {frames} rows from 0")
+    if int(length.sum()) != frames or not np.array_equal(last - first, length):
+        raise NormStatsError(f"{data}: {frames} rows, meta/episodes lists {int(length.sum())} frames")
+    episode_of_row = values["episode_index"]
+    for episode, start, end in zip(number, first, last, strict=True):
+        if not (episode_of_row[start:end] == episode).all():
+            raise NormStatsError(f"{data}: rows {start}-{end - 1} are not all episode {episode}, as meta/episodes says")
+    return Columns(
+        repo_id=repo_id,
+        root=root,
+        fps=int(info["fps"]),
+        tasks=v3_tasks(root / "meta" / "tasks.parquet"),
+        values=values,
+        episode_start=first[episode_of_row],
+        episode_end=last[episode_of_row],
+        placeholders={key: black_image(f) for key, f in features.items() if f["dtype"] in PIXEL_DTYPES},
+    )
+
+
 def read_columns(repo_id: str, root: pathlib.Path) -> Columns:
-    if not (root / "meta" / "info.json").is_file():
+    info_path = root / "meta" / "info.json"
+    if not info_path.is_file():
         raise NormStatsError(f"{root}: no LeRobot dataset here (meta/info.json missing)")
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as e:
+        raise NormStatsError(f"{info_path}: not JSON ({e})") from None
+    if str(info.get("codebase_version", "")).startswith("v3."):
+        return read_v3_columns(repo_id, root, info)
     import pyarrow.parquet as pq
 
     meta = lerobot_dataset_module().LeRobotDatasetMetadata(repo_id, root=root)

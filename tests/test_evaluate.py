@@ -5,6 +5,7 @@ The evaluation of real checkpoints runs in tests/test_run_experiments.py's demo 
 
 import json
 import pathlib
+import re
 
 import numpy as np
 import PIL.Image
@@ -420,3 +421,56 @@ def test_pooling_refuses_folds_that_hold_out_an_episode_twice(tmp_path: pathlib.
     assert evaluate.main(["--pool-folds", dirs, "--exp-name", "name", "--out", str(tmp_path / "pooled")]) == 1
     assert "episode(s) 2 held out by more than one fold" in capsys.readouterr().err
     assert not (tmp_path / "pooled").exists()
+
+
+def parquet_means(dataset: pathlib.Path, names: tuple[str, ...]) -> np.ndarray:
+    """Each named column's mean over every frame of the data files, in float64."""
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(path, columns=list(names)) for path in sorted((dataset / "data").rglob("*.parquet"))]
+    return np.array([np.concatenate([t.column(name).to_numpy() for t in tables]).astype(np.float64).mean()
+                     for name in names])  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+def test_the_training_mean_reads_the_stored_statistics_of_v21_and_v30_alike(tmp_path, monkeypatch) -> None:
+    import datasets
+
+    import convert_robotwin_democlean_to_lerobot as converter
+    import generate_robotwin_samples
+
+    # Episodes of unequal length: an unweighted mean of the episodes' means would be off.
+    root = generate_robotwin_samples.write_demo_clean(tmp_path / "src", episodes=3, frames=40, length_jitter=12)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    repo_id = "test/mean"
+    for dataset_format in ("v2.1", "v3.0"):
+        argv = ["--root", str(root), "--repo-id", repo_id, "--output-root", str(tmp_path / dataset_format),
+                "--workers", "1", "--format", dataset_format]  # fmt: skip
+        assert converter.main(argv) == 0
+    v30 = tmp_path / "v3.0" / repo_id
+    assert json.loads((v30 / "meta" / "info.json").read_text())["codebase_version"] == "v3.0"
+    assert not (v30 / "meta" / "episodes_stats.jsonl").exists()
+    names = ("manip_progress_distance_left", "manip_progress_distance_right")
+    expected = parquet_means(tmp_path / "v2.1" / repo_id, names)
+    assert np.allclose(parquet_means(v30, names), expected, rtol=0, atol=1e-12)
+    for dataset_format in ("v2.1", "v3.0"):
+        np.testing.assert_allclose(evaluate.stored_means(tmp_path / dataset_format / repo_id, names), expected,
+                                   rtol=1e-6, err_msg=dataset_format)  # fmt: skip
+
+    # training_mean finds the dataset where openpi's loader does: HF_LEROBOT_HOME/repo_id
+    from openpi_patch import norm_stats
+
+    monkeypatch.setattr(norm_stats.lerobot_dataset_module(), "HF_LEROBOT_HOME", tmp_path / "v3.0")
+    np.testing.assert_allclose(evaluate.training_mean(repo_id, "distance"), expected, rtol=1e-6)
+
+
+def test_missing_stored_statistics_are_one_line_naming_the_dataset(tmp_path) -> None:
+    meta = tmp_path / "meta"
+    (meta / "episodes" / "chunk-000").mkdir(parents=True)
+    (meta / "info.json").write_text(json.dumps({"codebase_version": "v3.0"}))
+    with pytest.raises(evaluate.EvaluationError, match=f"^{re.escape(str(meta))}/episodes: no episodes$"):
+        evaluate.stored_means(tmp_path, ("manip_progress_time",))
+    (meta / "info.json").write_text(json.dumps({"codebase_version": "v2.1"}))
+    with pytest.raises(evaluate.EvaluationError, match=f"^{re.escape(str(tmp_path))}: no per-episode statistics of "):
+        evaluate.stored_means(tmp_path, ("manip_progress_time",))

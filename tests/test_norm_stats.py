@@ -30,6 +30,8 @@ MOVING_ID = "test/norm_moving"
 # The converter's --video form of the same episodes: images as mp4 files, no image columns in the parquet files.
 # openpi's reader needs torchcodec with FFmpeg's libraries to decode them, which this machine lacks.
 VIDEO_ID = "test/norm_video"
+# The converter's --format v3.0 form (lerobot 0.4.4, XPolicyLab's Pi_05): every episode in one data file.
+V3_ID = "test/norm_v3"
 BASELINE = "pi05_robotwin_baseline"
 TIME_ARMS = ("pi05_robotwin_progress_lasttoken_time", "pi05_robotwin_progress_specialtoken_time")
 DISTANCE_ARMS = ("pi05_robotwin_progress_lasttoken_distance", "pi05_robotwin_progress_specialtoken_distance")
@@ -41,15 +43,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> pathlib.Path:
-    """HF_LEROBOT_HOME holding REPO_ID (PNG frames) and VIDEO_ID (mp4), converted from the same generated episodes
-    with all three cameras."""
+    """HF_LEROBOT_HOME holding REPO_ID (PNG frames), VIDEO_ID (mp4) and V3_ID (LeRobot v3.0), converted from the same
+    generated episodes with all three cameras."""
     root = samples.write_demo_clean(
         tmp_path_factory.mktemp("episodes"), episodes=EPISODES, frames=FRAMES, seed=0, length_jitter=JITTER
     )
     home = tmp_path_factory.mktemp("lerobot")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
-        for repo_id, options in ((REPO_ID, ()), (VIDEO_ID, ("--video",))):
+        # v3.0 is written by the converter re-run under .venv-lerobot04, which reads the environment's cache
+        patch.setenv("HF_DATASETS_CACHE", datasets.config.HF_DATASETS_CACHE)
+        for repo_id, options in ((REPO_ID, ()), (VIDEO_ID, ("--video",)), (V3_ID, ("--format", "v3.0"))):
             argv = ["--root", str(root), "--repo-id", repo_id, "--output-root", str(home), "--workers", "1", *options]
             assert converter.main(argv) == 0
     return home
@@ -315,3 +319,57 @@ def test_the_cli_with_demo_writes_what_the_functions_compute(norm_stats, home, t
     for name, result in zip(names, expected, strict=True):
         path = tmp_path / "a" / name / REPO_ID / "norm_stats.json"
         assert path.read_text() == normalize.serialize_json(result.stats)
+
+
+def assert_same_columns(ours, theirs) -> None:
+    assert (ours.fps, ours.tasks, list(ours.values)) == (theirs.fps, theirs.tasks, list(theirs.values))
+    for key, values in theirs.values.items():
+        assert ours.values[key].dtype == values.dtype, key
+        np.testing.assert_array_equal(ours.values[key], values, err_msg=key)
+    np.testing.assert_array_equal(ours.episode_start, theirs.episode_start)
+    np.testing.assert_array_equal(ours.episode_end, theirs.episode_end)
+    assert {key: (a.shape, a.dtype) for key, a in ours.placeholders.items()} == {
+        key: (a.shape, a.dtype) for key, a in theirs.placeholders.items()
+    }
+
+
+def test_a_v3_dataset_gives_the_numbers_of_the_same_episodes_in_v21(norm_stats, home, tmp_path):
+    from openpi.shared import normalize
+
+    assert [path.name for path in (home / V3_ID / "data").rglob("*.parquet")] == ["file-000.parquet"]
+    v21 = norm_stats.read_columns(REPO_ID, home / REPO_ID)
+    v30 = norm_stats.read_columns(V3_ID, home / V3_ID)
+    # three episodes of unequal length in one file: each frame's episode bounds as v2.1's one file per episode give
+    assert len(np.unique(v21.episode_start)) == EPISODES
+    assert_same_columns(v30, v21)
+    for name in (BASELINE, DISTANCE_ARMS[1]):
+        (theirs,) = norm_stats.load_requests([name], REPO_ID, tmp_path)
+        (ours,) = norm_stats.load_requests([name], V3_ID, tmp_path)
+        expected, used = norm_stats.compute_group(norm_stats.group_requests([theirs])[0], v21)
+        stats, v3_used = norm_stats.compute_group(norm_stats.group_requests([ours])[0], v30)
+        assert v3_used == used == 160
+        assert normalize.serialize_json(stats) == normalize.serialize_json(expected), name
+
+
+def test_a_v3_dataset_split_over_two_data_files_reads_as_one(norm_stats, home, tmp_path):
+    import pyarrow.parquet as pq
+
+    shutil.copytree(home / V3_ID, tmp_path / V3_ID)
+    path = tmp_path / V3_ID / "data" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(path)
+    second = int(np.flatnonzero(table.column("episode_index").to_numpy() == 1)[0])
+    pq.write_table(table.slice(0, second), path)
+    (path.parent.parent / "chunk-001").mkdir()
+    pq.write_table(table.slice(second), path.parent.parent / "chunk-001" / "file-000.parquet")
+    assert_same_columns(norm_stats.read_columns(V3_ID, tmp_path / V3_ID), norm_stats.read_columns(V3_ID, home / V3_ID))
+
+
+def test_a_v3_data_file_shorter_than_its_episodes_is_named(norm_stats, home, tmp_path):
+    import pyarrow.parquet as pq
+
+    shutil.copytree(home / V3_ID, tmp_path / V3_ID)
+    path = tmp_path / V3_ID / "data" / "chunk-000" / "file-000.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 100), path)
+    data = tmp_path / V3_ID / "data"
+    with pytest.raises(norm_stats.NormStatsError, match=f"^{data}: 100 rows, meta/episodes lists 191 frames$"):
+        norm_stats.read_columns(V3_ID, tmp_path / V3_ID)

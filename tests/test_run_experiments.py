@@ -97,13 +97,17 @@ def write_executable(path: pathlib.Path, text: str) -> pathlib.Path:
 
 
 def write_dataset_info(
-    lerobot_home: pathlib.Path, drop: tuple[str, ...] = (), repo_id: str = REPO_ID, episodes: int = LAB_EPISODES - 1
+    lerobot_home: pathlib.Path,
+    drop: tuple[str, ...] = (),
+    repo_id: str = REPO_ID,
+    episodes: int = LAB_EPISODES - 1,
+    version: str = "v2.1",
 ) -> pathlib.Path:
     meta = lerobot_home / repo_id / "meta"
     meta.mkdir(parents=True, exist_ok=True)
     features = {name: spec for name, spec in FEATURES.items() if name not in drop}
     info = {
-        "codebase_version": "v2.1",
+        "codebase_version": version,
         "fps": 50,
         "total_episodes": episodes,
         "total_frames": 40 * episodes,
@@ -1921,3 +1925,124 @@ def test_slurm_sim_eval_with_several_tasks_runs_one_job_per_run_and_task_then_co
     assert [line.split()[:2] for line in result.stdout.splitlines() if line.startswith("sim_eval_")] == [
         [f"sim_eval_{config}.{task}.demo_clean", str(1004 + i)] for i, (config, task) in enumerate(pairs)
     ]
+
+
+# ---------------------------------------------------------------- --format: LeRobot v3.0 for XPolicyLab's Pi_05
+
+
+def test_format_v3_dry_run_gives_both_conversions_format_v3_and_the_default_is_v21(lab: dict) -> None:
+    v3 = run_launcher(lab, "--dry-run", "--format", "v3.0")
+    default = run_launcher(lab, "--dry-run")
+
+    assert v3.returncode == 0, v3.stderr
+    commands = convert_commands(v3.stdout)
+    assert set(commands) == {REPO_ID, HELDOUT_REPO_ID}
+    for words in commands.values():
+        assert words[words.index("--format") + 1] == "v3.0", words
+    assert f"{REPO_ID}/meta/info.json is LeRobot v3.0" in v3.stdout
+    assert all(words[words.index("--format") + 1] == "v2.1" for words in convert_commands(default.stdout).values())
+
+
+def test_format_v3_reaches_the_slurm_jobs(cluster: dict) -> None:
+    result = run_launcher(cluster, "--dry-run", "--slurm", "--format", "v3.0")
+
+    assert result.returncode == 0, result.stderr
+    for name in ["prepare", *PROGRESS_CONFIGS]:
+        words = job_command(cluster["logs"] / "slurm" / f"{name}.sbatch")
+        assert words[words.index("--format") + 1] == "v3.0", name
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (("--format", "v3"), "--format wants v2.1 or v3.0, got 'v3'"),
+        (("--format",), "--format needs v2.1 or v3.0"),
+        (
+            ("--demo", "--format", "v3.0"),
+            "--format v3.0: --demo trains with the installed openpi, whose lerobot reads v2.1 only",
+        ),
+    ],
+)
+def test_format_usage_errors(lab: dict, flags: tuple, says: str) -> None:
+    result = run_launcher(lab, "--dry-run", *flags)
+
+    assert result.returncode == 2
+    assert result.stderr == f"run_experiments.sh: {says}\n"
+
+
+@pytest.mark.parametrize("kept, asked", [("v2.1", ("--format", "v3.0")), ("v3.0", ())])
+def test_a_kept_dataset_of_the_other_format_is_one_line_naming_reconvert(lab: dict, kept: str, asked: tuple) -> None:
+    write_dataset_info(pathlib.Path(lab["env"]["HF_LEROBOT_HOME"]), version=kept)
+
+    result = run_launcher(lab, *asked)
+
+    assert result.returncode == 1
+    wanted = "v2.1" if kept == "v3.0" else "v3.0"
+    dataset = pathlib.Path(lab["env"]["HF_LEROBOT_HOME"], REPO_ID)
+    assert result.stderr == (
+        f"run_experiments.sh: {dataset}: a LeRobot {kept} dataset, not the {wanted} --format asks for: "
+        "--reconvert converts it again\n"
+    )
+    assert not lab["calls"].exists()
+
+
+def test_the_field_check_accepts_v3_info_for_format_v3_only(tmp_path: pathlib.Path) -> None:
+    import run_experiments
+
+    info = str(write_dataset_info(tmp_path, version="v3.0"))
+
+    assert run_experiments.field_problems(info, (BASELINE,), "v3.0") == []
+    assert run_experiments.field_problems(info, (BASELINE,), "v2.1") == [
+        f"{info}: codebase_version v3.0, not the v2.1 of --format, needed by all"
+    ]
+    older = str(write_dataset_info(tmp_path / "older", version="v2.0"))
+    assert run_experiments.field_problems(older, (BASELINE,), "v2.1") == []
+
+
+@pytest.mark.slow
+def test_format_v3_converts_for_real_then_checks_fields_columns_and_computes_norm_stats(lab: dict) -> None:
+    import pyarrow.parquet as pq
+
+    home, assets = lab["tmp"] / "v3_lerobot", lab["tmp"] / "assets"
+    norm_stats = [sys.executable, str(REPO_ROOT / "openpi_patch" / "norm_stats.py"), "--demo", "--repo-id", REPO_ID,
+                  "--lerobot-home", str(home), "--assets-base-dir", str(assets)]  # fmt: skip
+    (lab["tmp"] / "openpi-data").mkdir()
+    env = {
+        **lab["env"],
+        "HF_LEROBOT_HOME": str(home),
+        "HF_DATASETS_CACHE": str(lab["tmp"] / "hf_datasets"),
+        "OPENPI_DATA_HOME": str(lab["tmp"] / "openpi-data"),
+        "NORM_STATS_CMD": " ".join(norm_stats),
+    }
+    launch = ["bash", str(LAUNCHER), *lab["args"], "--no-eval", "--configs", BASELINE]
+
+    result = subprocess.run([*launch, "--format", "v3.0"], env=env, capture_output=True, text=True, timeout=900)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for repo_id, episodes in ((REPO_ID, LAB_EPISODES - 1), (HELDOUT_REPO_ID, 1)):
+        info = json.loads((home / repo_id / "meta" / "info.json").read_text())
+        assert (info["codebase_version"], info["total_episodes"]) == ("v3.0", episodes), repo_id
+    assert f"fields: {home / REPO_ID} (LeRobot v3.0) has every field of: {BASELINE}" in result.stdout
+    assert "columns: the dataset has every column the configs read in openpi" in result.stdout
+    log = (lab["logs"] / "norm_stats.log").read_text()
+    assert f"pass 1 of 1 over {REPO_ID} (64 of 78 frames, 2 batches of 32" in log, log
+    # the state statistics recomputed from the v3.0 data file: the mean of the 64 frames openpi's pass covers
+    state = pq.read_table(home / REPO_ID / "data" / "chunk-000" / "file-000.parquet", columns=["observation.state"])
+    expected = np.stack(state.column("observation.state").to_numpy(zero_copy_only=False)[:64]).mean(axis=0)
+    stats = json.loads((assets / BASELINE / REPO_ID / "norm_stats.json").read_text())["norm_stats"]
+    np.testing.assert_allclose(stats["state"]["mean"], expected, rtol=1e-5, atol=1e-6)
+    assert trained(lab) == [BASELINE]
+
+    kept = subprocess.run([*launch, "--format", "v3.0"], env=env, capture_output=True, text=True, timeout=300)
+
+    assert kept.returncode == 0, kept.stderr
+    for repo_id in (REPO_ID, HELDOUT_REPO_ID):
+        assert f"convert: {home / repo_id} exists, kept (--reconvert converts again)" in kept.stdout
+    assert f"fields: {home / REPO_ID} (LeRobot v3.0) has every field of: {BASELINE}" in kept.stdout
+
+    again = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=120)
+
+    assert again.returncode == 1
+    assert again.stderr.count("\n") == 1 and "a LeRobot v3.0 dataset, not the v2.1" in again.stderr
+    assert "--reconvert" in again.stderr
+    assert trained(lab) == [BASELINE]
