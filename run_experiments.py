@@ -8,10 +8,9 @@ Usage: bash run_experiments.sh [--root DIR]... [--max-episodes-per-task N] [--re
                                [--configs A,B,...] [--no-baseline] [--keep-going] [--force] [--reconvert] [--dry-run]
                                [--log-dir DIR] [--heldout N] [--no-eval | --eval-only] [--eval-frames N]
                                [--gpus-per-run N] [--batch-size B] [--sim-eval ROBOTWIN_DIR [--sim-trials N]] [--seeds N]
-                               [--folds K [--fold F]]
                                [--slurm [--slurm-args ARGS] [--slurm-prep-args ARGS] [--slurm-train-args ARGS]]
                                [--status] [--cancel] [--stage STAGE] [--demo [--out DIR] [--steps N]] [-h|--help]
-                               [--format v2.1|v3.0]
+                               [--folds K [--fold F]] [--format v2.1|v3.0]
 
   --root DIR        RoboTwin episodes in either layout: a legacy demo_clean folder or an XPolicyLab
                     <task>/aloha_agilex folder, or the data/ folder in it (robotwin_episodes.py reads both)
