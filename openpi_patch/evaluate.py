@@ -94,9 +94,9 @@ class Split:
     heldout_repo_id: str
     train_episodes: list[int]
     heldout_episodes: list[int]
-    # per held-out dataset episode, the key of its metrics: the source episode number, with its task ("task:N")
-    # when several tasks share a dataset (their numbers repeat)
-    heldout_labels: list[str]
+    # per held-out dataset episode, the key of its metrics: the source episode number, or "task:N" when several
+    # tasks share a dataset (their numbers repeat)
+    heldout_labels: list[int | str]
     tasks: dict[str, str]  # label -> task, with several tasks only
 
 
@@ -506,7 +506,7 @@ def read_split(path: pathlib.Path) -> Split:
         # Several tasks (run_experiments.sh with several --root) repeat episode numbers across tasks: each task's own.
         tasks = record.get("tasks") or [{"train": train, "heldout": heldout}]
         overlap = any(set(task["train"]) & set(task["heldout"]) for task in tasks)
-        labels, task_of = episode_labels(tasks) if len(tasks) > 1 else ([str(n) for n in heldout], {})
+        labels, task_of = episode_labels(tasks) if len(tasks) > 1 else (heldout, {})
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise EvaluationError(f"{path}: not a split record of run_experiments.sh ({error!r})") from None
     if not heldout:
