@@ -39,7 +39,7 @@ import numpy as np
 import pytest
 import yaml
 
-from openpi_patch import experiment_configs, sim_eval
+from openpi_patch import cpu_variants, experiment_configs, sim_eval
 
 ARM = experiment_configs.PROGRESS_ARMS[0]
 BASELINE = experiment_configs.BASELINE
@@ -47,6 +47,16 @@ REPO_ID = "robotwin/place_dual_shoes"
 TASK = "place_dual_shoes"
 # With --eval-seed 0 the first seed is 100000; the stand-in's expert fails 100003 (seed % 4 == 3).
 FIRST_SIX_SEEDS = [100000, 100001, 100002, 100004, 100005, 100006]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def patched_openpi(tmp_path_factory):
+    """These tests import openpi in this process; the copy imported first stays in sys.modules for the test modules
+    after this one, which need the patched copy (cpu_variants refuses an unpatched one), so it is that one here too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "path", list(sys.path))
+        cpu_variants.use_patched_openpi(tmp_path_factory.mktemp("patched") / "site")
+        yield
 
 
 def openpi_normalize():
