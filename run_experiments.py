@@ -1465,10 +1465,13 @@ def deploy_runs(s: Settings, runs: list[Run]) -> bool:
 
 def sim_eval_runs(s: Settings, runner: Runner, runs: list[Run]) -> bool:
     """RoboTwin's closed-loop evaluation of every deployed run, then the table of all runs (--stage sim-eval: the
-    evaluations only, --stage sim-collect: the table only). Whether every evaluation went well."""
+    evaluations only, --stage sim-collect: the table only). Whether every evaluation went well and, for the table
+    alone, whether it holds every run."""
     ok = s.stage == "sim-collect" or sim_run_runs(s, runner, runs)
     if s.stage != "sim-eval":
         collect_sim_results(s)
+    if s.stage == "sim-collect":
+        ok = not missing_sim_results(s)
     return ok
 
 
@@ -1521,6 +1524,19 @@ def collect_sim_results(s: Settings) -> None:
     say()
     sys.stdout.write(pathlib.Path(s.eval_dir, "sim_results.md").read_text())
     sys.stdout.flush()
+
+
+def missing_sim_results(s: Settings) -> list[str]:
+    """The runs (on each task) without a simulator result, each named on stderr: the collect job runs after every
+    simulator job has ended, whether or not it succeeded, and its table holds only the ones that did."""
+    missing = []
+    for run in s.runs:
+        for task in sim_tasks(s):
+            if not pathlib.Path(s.log_dir, f"sim_eval{task.folder}", run.config, run.exp_name, "run.json").is_file():
+                missing.append(f"{run.name}{task.on}")
+                err(f"no simulator result for {run.name}{task.on} (see {s.log_dir}/{task.job_name(run)}.log): "
+                    "not in the table")  # fmt: skip
+    return missing
 
 
 # --- SLURM ----------------------------------------------------------------------------------------------------------
@@ -1652,15 +1668,15 @@ def job_script(s: Settings, name: str, gres: str, submit: list[str], args: list[
     return "\n".join(lines) + "\n"
 
 
-def submit_job(s: Settings, name: str, kind: str, dependency: str, args: list[str]) -> str:
-    """Writes one job's script and submits it after the jobs in dependency (ids joined by ':'), with the sbatch
-    options of its kind (prepare or train); records it in SLURM_DIR/jobs.json and returns its id (with --dry-run,
-    the job's name, after printing the sbatch command)."""
+def submit_job(s: Settings, name: str, kind: str, dependency: str, args: list[str], after: str = "afterok") -> str:
+    """Writes one job's script and submits it after the jobs in dependency (ids joined by ':'; after="afterany": once
+    they ended, however), with the sbatch options of its kind (prepare or train); records it in SLURM_DIR/jobs.json
+    and returns its id (with --dry-run, the job's name, after printing the sbatch command)."""
     script = pathlib.Path(s.slurm_dir, f"{name}.sbatch")
     command = ["sbatch", "--parsable"]
     if dependency:
         # Without kill-on-invalid-dep a job whose dependency failed waits in the queue forever.
-        command += [f"--dependency=afterok:{dependency}", "--kill-on-invalid-dep=yes"]
+        command += [f"--dependency={after}:{dependency}", "--kill-on-invalid-dep=yes"]
     command += s.slurm_args
     gres = ""
     if kind == "prepare":
@@ -1721,14 +1737,16 @@ def submit_sim_jobs(s: Settings, args: list[str], after: dict[Run, str]) -> list
             sim_ids.append(job_id)
             rows.append((name, job_id, f"afterok:{dependency}"))
     everything = ":".join(sim_ids)
+    # afterany: a failed simulator job leaves the others' results to collect, and the collect job names it
     job_id = submit_job(
         s,
         "sim_collect",
         "prepare",
         everything,
         [*args, *sim, "--configs", ",".join(s.configs), "--stage", "sim-collect"],
+        after="afterany",
     )
-    rows.append(("sim_collect", job_id, f"afterok:{everything}"))
+    rows.append(("sim_collect", job_id, f"afterany:{everything}"))
     return rows
 
 

@@ -978,8 +978,8 @@ def test_interrupt_on_gpu_groups_stops_every_running_training_and_names_what_rem
 
 # Records its arguments and answers the next job id ("ID;cluster", as --parsable does on a federation), or refuses
 # the call numbered SBATCH_REFUSE. With SLURM_RUN_JOBS (a folder) set, it runs the job at once with its output appended
-# to the script's --output file, as SLURM would once every job of --dependency=afterok:... has exited with 0; the
-# exit status of each job goes to SLURM_RUN_JOBS/ID.
+# to the script's --output file, as SLURM would once every job of --dependency=afterok:... has exited with 0 (of
+# afterany:...: has ended, as every earlier job has here); the exit status of each job goes to SLURM_RUN_JOBS/ID.
 FAKE_SBATCH = """#!/usr/bin/env bash
 echo "sbatch $*" >>"${SLURM_CALLS}"
 count=$(grep -c '^sbatch ' "${SLURM_CALLS}")
@@ -1648,7 +1648,7 @@ def test_slurm_sim_eval_submits_one_job_per_run_after_its_training_and_the_colle
         assert recorded[f"sim_eval_{run}"] == [sim_ids[run], training_ids[run]]
     collect = calls[9]
     everything = ":".join(sim_ids.values())
-    assert f"--dependency=afterok:{everything}" in collect
+    assert f"--dependency=afterany:{everything}" in collect
     assert job_command(slurm / "sim_collect.sbatch")[-8:] == [
         *["--sim-eval", "/opt/RoboTwin", "--sim-trials", "7"],
         *["--configs", f"{PROGRESS_CONFIGS[0]},{BASELINE}", "--stage", "sim-collect"],
@@ -1703,6 +1703,32 @@ def test_slurm_sim_eval_jobs_deploy_and_evaluate_each_run_on_the_same_seeds_then
     assert table.strip() in (cluster["logs"] / "sim_collect.log").read_text()
 
 
+def test_a_failed_simulator_job_leaves_the_collect_job_to_table_the_others_and_name_it(cluster: dict) -> None:
+    from test_sim_eval import robotwin_checkout, write_outcomes
+
+    # the checkout lacks the baseline's config: its simulator jobs fail, as they would on a checkout without the patch
+    configs = [name for name in experiment_configs.ALL_CONFIGS if name != BASELINE]
+    robotwin = robotwin_checkout(cluster["tmp"] / "RoboTwin", configs=configs)
+    write_outcomes(robotwin, {(PROGRESS_CONFIGS[0], f"place_dual_shoes-seed{seed}"): [100000] for seed in (42, 43)})
+    jobs = cluster["tmp"] / "jobs"
+    jobs.mkdir()
+    result, runs = sim_jobs_on_the_cluster(
+        cluster, "--sim-eval", str(robotwin), "--sim-trials", "4", SLURM_RUN_JOBS=str(jobs), SIM_PYTHON=sys.executable
+    )
+
+    assert result.returncode == 0, result.stderr
+    status = {int(path.name): path.read_text().strip() for path in jobs.iterdir()}
+    # prepare 1001, trainings 1002-1005, simulator jobs 1006-1009 (the baseline's two fail), collect 1010
+    assert [status[job] for job in range(1006, 1010)] == ["0", "0", "1", "1"]
+    assert status[1010] == "1"  # it ran, and says that its table misses two runs
+    results = json.loads((cluster["logs"] / "evaluation" / "sim_results.json").read_text())
+    assert list(results["configs"]) == [PROGRESS_CONFIGS[0]]
+    assert results["configs"][PROGRESS_CONFIGS[0]]["successes"] == 2
+    log = (cluster["logs"] / "sim_collect.log").read_text()
+    for seed in (42, 43):
+        assert f"no simulator result for {BASELINE}-seed{seed} (see " in log
+
+
 def test_status_lists_the_simulator_jobs_and_the_collect_job(cluster: dict) -> None:
     sim_jobs_on_the_cluster(cluster, "--sim-eval", "/opt/RoboTwin")
     cluster["sacct"].write_text("".join(f"{1001 + i}|COMPLETED\n" for i in range(10)))
@@ -1752,7 +1778,7 @@ def test_slurm_sim_eval_dry_run_shows_the_simulator_jobs_and_each_stage_runs_its
         str(slurm / "sim_collect.sbatch"),
     ]
     assert [command[2] for command in sbatch[5:9]] == [f"--dependency=afterok:{run}" for run in runs]
-    assert sbatch[9][2] == f"--dependency=afterok:{':'.join(f'sim_eval_{run}' for run in runs)}"
+    assert sbatch[9][2] == f"--dependency=afterany:{':'.join(f'sim_eval_{run}' for run in runs)}"
     assert not cluster["slurm_calls"].exists()
 
     # What the jobs run, dry: one run's deploy and simulator run, no collect; then the collect alone.
