@@ -1470,7 +1470,7 @@ def sim_eval_runs(s: Settings, runner: Runner, runs: list[Run]) -> bool:
     ok = s.stage == "sim-collect" or sim_run_runs(s, runner, runs)
     if s.stage != "sim-eval":
         collect_sim_results(s)
-    if s.stage == "sim-collect":
+    if s.stage == "sim-collect" and not s.dry_run:
         ok = not missing_sim_results(s)
     return ok
 
