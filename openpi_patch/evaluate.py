@@ -318,17 +318,17 @@ def render_table(results: dict) -> str:
     configs = results["configs"]
     episodes = results.get("heldout_labels") or results["heldout_episodes"]
     if results.get("folds"):
-        title = (
+        heading = (
             f"Cross-validated over {results['folds']} folds: {results['heldout_frames']} frames of {len(episodes)} "
             "episodes, each evaluated by the checkpoints of the fold that held it out (trained on the other folds)"
         )
     else:
-        title = (
+        heading = (
             f"Held-out evaluation: {results['heldout_frames']} frames of episodes "
             f"{', '.join(map(str, episodes))} (trained on {len(results['train_episodes'])} episodes)"
         )
     lines = [
-        title,
+        heading,
         "",
         "| config | " + " | ".join(title for _, title in TABLE_COLUMNS) + " |",
         "|---|" + "---:|" * len(TABLE_COLUMNS),
@@ -776,11 +776,14 @@ def add_intervals(results: dict, per_episode: dict[str, dict], tasks: dict[str, 
 def task_entries(runs: dict, baseline: dict | None, tasks: dict[str, str]) -> dict:
     """Per task: its episode count, each metric's mean over its episodes (and seed runs), the interval and the
     paired difference against the baseline, resampling that task's episodes only."""
+
+    def of_task(seed_runs: dict, task: str) -> dict:
+        return {exp: {e: m for e, m in run.items() if tasks.get(str(e)) == task} for exp, run in seed_runs.items()}
+
     entries = {}
     for task in dict.fromkeys(tasks.values()):
-        keep = lambda run: {e: m for e, m in run.items() if tasks.get(str(e)) == task}  # noqa: E731
-        own = {exp: keep(run) for exp, run in runs.items()}
-        reference = None if baseline is None else {exp: keep(run) for exp, run in baseline.items()}
+        own = of_task(runs, task)
+        reference = None if baseline is None else of_task(baseline, task)
         values = [m for run in own.values() for m in run.values()]
         means = {
             metric: float(np.mean([m[metric] for m in values]))
