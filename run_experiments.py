@@ -1529,9 +1529,9 @@ def collect_sim_results(s: Settings) -> None:
 def missing_sim_results(s: Settings) -> list[str]:
     """The runs (on each task) without a simulator result, each named on stderr: the collect job runs after every
     simulator job has ended, whether or not it succeeded, and its table holds only the ones that did."""
-    missing = []
+    missing, tasks = [], sim_tasks(s)
     for run in s.runs:
-        for task in sim_tasks(s):
+        for task in tasks:
             if not pathlib.Path(s.log_dir, f"sim_eval{task.folder}", run.config, run.exp_name, "run.json").is_file():
                 missing.append(f"{run.name}{task.on}")
                 err(f"no simulator result for {run.name}{task.on} (see {s.log_dir}/{task.job_name(run)}.log): "
@@ -1942,11 +1942,10 @@ def pool_folds(s: Settings, folds: list[Settings]) -> None:
     sys.stdout.flush()
 
 
-def run_folds(s: Settings, argv: list[str], environ: dict[str, str]) -> int:
+def run_folds(s: Settings, folds: list[Settings]) -> int:
     """--folds K: the whole sequence for fold 0, 1, ... in turn (each its own split, datasets, trainings and
     evaluation), then the folds' evaluations pooled; a failed fold stops the folds after it (unless --keep-going)
     and the pooling. The exit status."""
-    folds = fold_settings(s, argv, environ)
     # every fold's checkpoints stay: each fold's preflight asks for room for the later folds' too
     unfinished = [sum(not f.is_finished(run) for run in f.runs) for f in folds]
     folds = [dataclasses.replace(f, later_trainings=sum(unfinished[f.fold + 1 :])) for f in folds]
@@ -1996,7 +1995,7 @@ def main(argv: list[str]) -> int:
         if s.slurm:
             submit_folds(s, each) if len(each) > 1 else submit_jobs(s)
             return 0
-        return run_folds(s, argv, environ) if len(each) > 1 else run_experiments(s)
+        return run_folds(s, each) if len(each) > 1 else run_experiments(s)
     except UsageError as error:
         err(str(error))
         return 2
